@@ -1,0 +1,49 @@
+# trade-balancer: the README's two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+DURATION ?= 600
+
+.PHONY: demo test unit integration ktls lint bench bench-check soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lb-demo
+
+# The whole suite: lint, unit and integration tests on this kernel, then the
+# kernel-TLS cases on a kernel that has kTLS (natively, or inside User-Mode Linux).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m 'not ktls' tests
+	$(BIN)/python -m ci.ktls_runner -- tests -m ktls
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -m 'not ktls' tests/integration
+
+ktls: $(STAMP)
+	$(BIN)/python -m ci.ktls_runner -- tests -m ktls
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-check: $(STAMP)
+	$(BIN)/python -m bench --check
+
+soak: $(STAMP)
+	$(BIN)/lb-soak --duration $(DURATION)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache ci/.uml

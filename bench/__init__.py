@@ -1,0 +1,1 @@
+"""Benchmarks (``python -m bench``): figures, never assertions (except ``--check``)."""

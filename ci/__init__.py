@@ -1,0 +1,1 @@
+"""Scripts CI runs beyond the plain test command (the kernel-TLS runner)."""

@@ -1,0 +1,1 @@
+"""Pipe readers, the pool worker and reference workers for trade-balancer's pipes."""
