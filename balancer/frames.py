@@ -1,0 +1,295 @@
+"""Incremental RFC 6455 frame decoder (server to client) and masked client frame encoder.
+
+Pure: the decoder owns a receive buffer that the I/O layer fills in place
+(``recv_buffer()`` then ``commit(n)``), so a read lands where frames are parsed
+with no extra copy; ``events()`` returns complete data messages as ``bytes`` and
+control frames as small objects. Text and binary messages are treated alike and
+never UTF-8 validated (the payload is forwarded, not interpreted).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+
+# Codes a peer may send (RFC 6455 7.4.1 and the IANA registry); 1004-1006 and 1015 never go on the wire.
+_VALID_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+DEFAULT_BUFFER = 8 * 1024 * 1024
+MIN_READ = 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """The server broke RFC 6455; the connection must end. ``close_code`` is what we tell it."""
+
+    def __init__(self, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int | None  # None: the close frame carried no status code
+    reason: str
+
+
+Event = bytes | Ping | Pong | Close
+
+
+class FrameDecoder:
+    """Server-to-client frames in, events out. Raises ProtocolError on any violation."""
+
+    def __init__(self, max_message: int = 64 * 1024 * 1024, buffer_size: int = DEFAULT_BUFFER):
+        self.max_message = max_message
+        self._default_size = max(buffer_size, 2 * MIN_READ)
+        self._buf = bytearray(self._default_size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of received bytes
+        self._need = 0  # bytes the frame at _start needs in all, when incomplete
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+        self.closed = False  # a close frame was seen; nothing after it is parsed
+        self.error: ProtocolError | None = None  # set once; nothing after it is parsed
+        self.frames = 0  # complete frames parsed, control frames included
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet parsed into events (a partial frame)."""
+        return self._end - self._start
+
+    def recv_buffer(self) -> memoryview:
+        """Free space to receive into; at least MIN_READ bytes and room for the pending frame."""
+        if self._start == self._end:
+            self._start = self._end = 0
+            if len(self._buf) > self._default_size and self._need <= self._default_size:
+                self._replace_buffer(self._default_size)
+        capacity = len(self._buf)
+        need = max(self._need, self._end - self._start) + MIN_READ
+        if capacity - self._end < MIN_READ or capacity - self._start < need:
+            if need > capacity:
+                self._replace_buffer(max(need, 2 * capacity))
+            else:
+                self._compact()
+        return self._view[self._end :]
+
+    def commit(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last ``recv_buffer()``."""
+        self._end += nbytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` in (for tests and paths that do not read in place)."""
+        data = memoryview(data)
+        while len(data):
+            target = self.recv_buffer()
+            n = min(len(target), len(data))
+            target[:n] = data[:n]
+            self.commit(n)
+            data = data[n:]
+
+    def _compact(self) -> None:
+        tail = bytes(self._view[self._start : self._end])
+        self._buf[: len(tail)] = tail
+        self._start, self._end = 0, len(tail)
+
+    def _replace_buffer(self, size: int) -> None:
+        tail = bytes(self._view[self._start : self._end])
+        self._view.release()
+        self._buf = bytearray(size)
+        self._buf[: len(tail)] = tail
+        self._view = memoryview(self._buf)
+        self._start, self._end = 0, len(tail)
+
+    def events(self) -> list[Event]:
+        """Every complete event in the buffer, in order.
+
+        A protocol violation ends parsing: the events before it are returned and
+        ``error`` is set (and raised by ``check()``), so nothing already received whole is lost.
+        """
+        out: list[Event] = []
+        if self.closed or self.error is not None:
+            self._start = self._end
+            return out
+        try:
+            self._parse(out)
+        except ProtocolError as exc:
+            self.error = exc
+            self._start = self._end
+        return out
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _parse(self, out: list[Event]) -> None:
+        buf = self._buf
+        pos = self._start
+        end = self._end
+        self._need = 0
+        while True:
+            avail = end - pos
+            if avail < 2:
+                break
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            if length < 126:
+                header = 2
+            elif length == 126:
+                if avail < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                header = 4
+            else:
+                if avail < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                header = 10
+            if b0 not in _WHOLE_DATA_FRAME or b1 & 0x80 or length > self.max_message:
+                self._check_header(b0, b1, length)
+            stop = pos + header + length
+            if stop > end:
+                self._need = header + length
+                break
+            self.frames += 1
+            opcode = b0 & 0x0F
+            if opcode in _DATA_OPCODES and b0 & 0x80 and self._fragments is None:
+                out.append(bytes(self._view[pos + header : stop]))
+            else:
+                event = self._slow_frame(b0, bytes(self._view[pos + header : stop]))
+                if event is not None:
+                    out.append(event)
+                    if type(event) is Close:
+                        self.closed = True
+                        pos = end
+                        break
+            pos = stop
+        self._start = pos
+
+    def _check_header(self, b0: int, b1: int, length: int) -> None:
+        """Validate a frame header outside the fast path; raise ProtocolError naming the fault."""
+        opcode = b0 & 0x0F
+        fin = bool(b0 & 0x80)
+        if b0 & 0x70:
+            raise ProtocolError(f"reserved bits set (0x{b0 & 0x70:02x}) with no extension negotiated")
+        if b1 & 0x80:
+            raise ProtocolError("server frame is masked (RFC 6455 5.1 forbids it)")
+        if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES and opcode != 0:
+            raise ProtocolError(f"unknown opcode 0x{opcode:x}")
+        if opcode in _CONTROL_OPCODES:
+            if length > 125:
+                raise ProtocolError(f"control frame 0x{opcode:x} with {length}-byte payload (max 125)")
+            if not fin:
+                raise ProtocolError(f"fragmented control frame 0x{opcode:x}")
+            return
+        if length >> 63:
+            raise ProtocolError("64-bit frame length with the most significant bit set")
+        total = length + (self._fragments_size if opcode == OP_CONTINUATION else 0)
+        if total > self.max_message:
+            raise ProtocolError(
+                f"message of {total} bytes or more exceeds --max-message {self.max_message}",
+                CLOSE_TOO_BIG,
+            )
+
+    def _slow_frame(self, b0: int, payload: bytes) -> Event | None:
+        opcode = b0 & 0x0F
+        fin = bool(b0 & 0x80)
+        if opcode in _DATA_OPCODES:
+            if self._fragments is not None:
+                raise ProtocolError("new data frame while a fragmented message is unfinished")
+            self._fragments = [payload]
+            self._fragments_size = len(payload)
+            return None
+        if opcode == OP_CONTINUATION:
+            if self._fragments is None:
+                raise ProtocolError("continuation frame with no message to continue")
+            self._fragments.append(payload)
+            self._fragments_size += len(payload)
+            if not fin:
+                return None
+            message = b"".join(self._fragments)
+            self._fragments = None
+            self._fragments_size = 0
+            return message
+        if opcode == OP_PING:
+            return Ping(payload)
+        if opcode == OP_PONG:
+            return Pong(payload)
+        return parse_close(payload)
+
+
+_DATA_OPCODES = frozenset((OP_TEXT, OP_BINARY))
+_WHOLE_DATA_FRAME = frozenset((0x80 | OP_TEXT, 0x80 | OP_BINARY))  # FIN, no RSV bits
+_CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
+
+
+def parse_close(payload: bytes) -> Close:
+    if not payload:
+        return Close(None, "")
+    if len(payload) == 1:
+        raise ProtocolError("close frame with a 1-byte payload")
+    code = int.from_bytes(payload[:2], "big")
+    if code not in _VALID_CLOSE_CODES and not 3000 <= code <= 4999:
+        raise ProtocolError(f"close frame with invalid status code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("close reason is not valid UTF-8", CLOSE_INVALID_DATA) from None
+    return Close(code, reason)
+
+
+def mask(payload: bytes, key: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte masking ``key`` (RFC 6455 5.3)."""
+    n = len(payload)
+    if not n:
+        return b""
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(
+        n, "little"
+    )
+
+
+def encode_frame(opcode: int, payload: bytes = b"", fin: bool = True, key: bytes | None = None) -> bytes:
+    """One client frame, masked as RFC 6455 5.3 requires (``key`` is random unless given)."""
+    if key is None:
+        key = os.urandom(4)
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
+    if n < 126:
+        header = bytes((b0, 0x80 | n))
+    elif n < 1 << 16:
+        header = bytes((b0, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((b0, 0x80 | 127)) + n.to_bytes(8, "big")
+    return header + key + mask(payload, key)
+
+
+def encode_close(code: int | None = CLOSE_NORMAL, reason: str = "") -> bytes:
+    if code is None:
+        return encode_frame(OP_CLOSE)
+    body = code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
+    return encode_frame(OP_CLOSE, body)

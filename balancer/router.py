@@ -1,0 +1,284 @@
+"""The hot path: data message payloads in, per-pipe byte batches out.
+
+Each payload is a JSON array of event objects. Every object with a ``sym`` goes
+to pipe ``(fnv1a_64(sym) >> 32) % npipes`` as ``[u32 LE length][object bytes]``,
+the bytes exactly as received, in arrival order. Objects without ``sym`` are
+status events (handed back to the session) or counted as unroutable.
+
+Fast path, for Polygon's exact layout ``[{"ev":"T","sym":"...},{"ev":"T",...}]``:
+one ``bytes.split`` on ``},{"ev":"T","sym":"`` cuts the array into pieces that
+start with the symbol; a dict keyed by each piece's first bytes maps straight to
+the pipe's pending list, and the whole dispatch runs inside C iterators
+(``map``/``deque``) with no Python bytecode per trade. Batches are assembled by
+interleaving precomputed ``}`` + length + ``{"ev":"T","sym":"`` separators with the
+pieces and one ``b"".join`` per pipe.
+
+Why the fast path is exact: it is taken only when the payload starts with
+``[{"ev":"T","sym":"``, ends with ``}]`` and holds exactly one ``{`` per piece. In
+valid JSON the ``{`` of every separator is structural (the ``"`` after it would
+end any string it sat in, leaving invalid JSON), so one ``{`` per piece means
+there are no other objects at all: every separator is a top-level boundary and
+every piece is one whole trade. Symbols containing a backslash escape, or too
+long for the cache key, are resolved exactly per piece; everything else (other
+layouts, other events, whitespace) goes through ``orjson`` and a string-aware
+scan for the objects' byte spans. The fast path checks structure, not the
+syntax of every number inside a trade (the C original checks neither).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+import orjson
+
+HEAD = b'{"ev":"T","sym":"'
+OPEN = b"[" + HEAD
+SEPARATOR = b"}," + HEAD
+HEAD_LEN = len(HEAD)
+FAST_OVERHEAD = 4 + HEAD_LEN + 1  # length prefix, head, closing brace
+SLOW_OVERHEAD = 4
+
+KEY_LEN = 8  # symbols of up to KEY_LEN - 1 bytes resolve from the cache key alone
+CACHE_LIMIT = 1 << 20
+
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+MASK64 = (1 << 64) - 1
+
+_pack_u32 = struct.Struct("<I").pack
+_key_of = itemgetter(slice(0, KEY_LEN))
+_consume = deque(maxlen=0).extend
+
+
+def fnv1a_64(data: bytes) -> int:
+    h = FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * FNV_PRIME) & MASK64
+    return h
+
+
+def pipe_for(symbol: bytes, npipes: int) -> int:
+    """The contract: the same mapping as the C original."""
+    return (fnv1a_64(symbol) >> 32) % npipes
+
+
+class RouterError(Exception):
+    """A payload that is not a JSON array of objects: the connection must end."""
+
+
+class _Separators(dict[int, bytes]):
+    """piece length -> ``}`` + u32 length + head: the bytes between two fast-path pieces."""
+
+    def __missing__(self, n: int) -> bytes:
+        value = b"}" + _pack_u32(n + HEAD_LEN + 1) + HEAD
+        self[n] = value
+        return value
+
+
+class _Firsts(dict[int, bytes]):
+    """piece length -> u32 length + head: the bytes before a batch's first piece."""
+
+    def __missing__(self, n: int) -> bytes:
+        value = _pack_u32(n + HEAD_LEN + 1) + HEAD
+        self[n] = value
+        return value
+
+
+_SEPARATORS = _Separators()
+_FIRSTS = _Firsts()
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A run of framed messages for one pipe, with their sizes (for resync after a worker dies).
+
+    Message *i* is ``lens[i] + overhead`` bytes on the wire.
+    """
+
+    data: bytes
+    lens: list[int]
+    overhead: int
+
+
+@dataclass(slots=True)
+class RouteResult:
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    unroutable: list[bytes] = field(default_factory=list)
+
+
+class _KeyCache(dict[bytes, list[bytes]]):
+    """First KEY_LEN bytes of a piece -> the pending list of the pipe its symbol hashes to."""
+
+    def __init__(self, pending: list[list[bytes]], unresolved: list[bytes]) -> None:
+        super().__init__()
+        self._pending = pending
+        self._unresolved = unresolved
+
+    def __missing__(self, key: bytes) -> list[bytes]:
+        end = key.find(b'"')
+        if end < 0 or b"\\" in key[:end]:
+            target = self._unresolved  # long symbol, escape, or no closing quote: resolve per piece
+        else:
+            target = self._pending[pipe_for(key[:end], len(self._pending))]
+        if len(self) >= CACHE_LIMIT:
+            self.clear()
+        self[key] = target
+        return target
+
+
+class Router:
+    """Routes payloads into per-pipe pending batches; ``take()`` hands out the bytes to write."""
+
+    def __init__(self, npipes: int) -> None:
+        if npipes < 1:
+            raise ValueError("npipes must be at least 1")
+        self.npipes = npipes
+        self._pending: list[list[bytes]] = [[] for _ in range(npipes)]
+        self._chunks: list[list[Chunk]] = [[] for _ in range(npipes)]
+        self._unresolved: list[bytes] = []
+        self._cache = _KeyCache(self._pending, self._unresolved)
+        self._pipe_of_symbol: dict[bytes, int] = {}
+        self.trades = 0  # objects routed to pipes
+        self.slow_messages = 0  # payloads that took the slow path
+        self.slow_objects = 0  # objects routed by the slow path
+        self.unroutable = 0  # objects with neither sym nor a status
+
+    # -- routing -----------------------------------------------------------------
+
+    def route(self, payload: bytes, result: RouteResult) -> None:
+        """Route one data message. Raises RouterError if it is not a JSON array of objects."""
+        if payload.startswith(OPEN) and payload.endswith(b"}]"):
+            pieces = payload.split(SEPARATOR)
+            if payload.count(b"{") == len(pieces):
+                pieces[0] = pieces[0][len(OPEN) :]
+                pieces[-1] = pieces[-1][:-2]
+                _consume(map(list.append, map(self._cache.__getitem__, map(_key_of, pieces)), pieces))
+                if self._unresolved:
+                    self._resolve(payload, pieces, result)
+                else:
+                    self.trades += len(pieces)
+                return
+        self._route_slow(payload, result)
+
+    def _resolve(self, payload: bytes, pieces: list[bytes], result: RouteResult) -> None:
+        """Undo this message's appends and route it piece by piece (rare: long or escaped symbols)."""
+        self._unresolved.clear()
+        mine = set(map(id, pieces))
+        for pending in self._pending:
+            while pending and id(pending[-1]) in mine:
+                pending.pop()
+        targets = []
+        for piece in pieces:
+            end = piece.find(b'"')
+            if end < 0 or b"\\" in piece[:end]:
+                self._route_slow(payload, result)
+                return
+            targets.append(self._pending[self._pipe(piece[:end])])
+        for target, piece in zip(targets, pieces, strict=True):
+            target.append(piece)
+        self.trades += len(pieces)
+
+    def _pipe(self, symbol: bytes) -> int:
+        pipe = self._pipe_of_symbol.get(symbol)
+        if pipe is None:
+            pipe = pipe_for(symbol, self.npipes)
+            if len(self._pipe_of_symbol) >= CACHE_LIMIT:
+                self._pipe_of_symbol.clear()
+            self._pipe_of_symbol[symbol] = pipe
+        return pipe
+
+    def _route_slow(self, payload: bytes, result: RouteResult) -> None:
+        try:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise RouterError(f"payload is not valid JSON ({exc}): {_excerpt(payload)}") from None
+        if not isinstance(document, list) or not all(isinstance(o, dict) for o in document):
+            raise RouterError(f"payload is not a JSON array of objects: {_excerpt(payload)}")
+        spans = object_spans(payload)
+        if len(spans) != len(document):
+            raise RouterError(f"cannot locate the objects of the payload: {_excerpt(payload)}")
+        routed = 0
+        for obj, (start, stop) in zip(document, spans, strict=True):
+            symbol = obj.get("sym")
+            if isinstance(symbol, str):
+                self._append_framed(self._pipe(symbol.encode()), payload[start:stop])
+                routed += 1
+            elif obj.get("ev") == "status":
+                result.statuses.append(obj)
+            else:
+                self.unroutable += 1
+                result.unroutable.append(payload[start:stop])
+        if routed:  # status-only messages are not trades on a slow path
+            self.slow_messages += 1
+            self.slow_objects += routed
+            self.trades += routed
+
+    def _append_framed(self, pipe: int, raw: bytes) -> None:
+        self._seal(pipe)
+        self._chunks[pipe].append(Chunk(_pack_u32(len(raw)) + raw, [len(raw)], SLOW_OVERHEAD))
+
+    # -- batches -------------------------------------------------------------------
+
+    def _seal(self, pipe: int) -> None:
+        """Turn the pipe's pending pieces into one framed chunk."""
+        pending = self._pending[pipe]
+        m = len(pending)
+        if not m:
+            return
+        lens = list(map(len, pending))
+        out: list[bytes | None] = [None] * (2 * m + 1)
+        out[0 : 2 * m : 2] = map(_SEPARATORS.__getitem__, lens)
+        out[0] = _FIRSTS[lens[0]]
+        out[1 : 2 * m : 2] = pending
+        out[2 * m] = b"}"
+        self._chunks[pipe].append(Chunk(b"".join(out), lens, FAST_OVERHEAD))  # type: ignore[arg-type]
+        pending.clear()
+
+    def take(self) -> list[tuple[int, list[Chunk]]]:
+        """Every pipe's routed data since the last call, oldest first, as (pipe, chunks)."""
+        batches = []
+        pending = self._pending
+        chunks = self._chunks
+        for pipe in range(self.npipes):
+            if pending[pipe]:
+                self._seal(pipe)
+            if chunks[pipe]:
+                batches.append((pipe, chunks[pipe]))
+                chunks[pipe] = []
+        return batches
+
+
+_STRING_OR_BRACE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]', re.DOTALL)
+
+
+def object_spans(payload: bytes) -> list[tuple[int, int]]:
+    """Byte spans of the top-level array's elements that are objects, in a valid JSON array.
+
+    String-aware: braces inside strings (and escaped quotes) do not count.
+    """
+    spans = []
+    depth = 0
+    start = -1
+    for match in _STRING_OR_BRACE.finditer(payload):
+        token = payload[match.start()]
+        if token == 0x22:  # a string
+            continue
+        if token in (0x7B, 0x5B):  # { [
+            depth += 1
+            if depth == 2 and token == 0x7B:
+                start = match.start()
+        else:
+            if depth == 2 and token == 0x7D:
+                spans.append((start, match.end()))
+            depth -= 1
+    return spans
+
+
+def _excerpt(payload: bytes, limit: int = 80) -> str:
+    text = repr(payload[:limit])
+    return text + (f"... ({len(payload)} bytes)" if len(payload) > limit else "")

@@ -1,0 +1,361 @@
+"""One connection's life: connect, upgrade, auth, subscribe, then the read loop.
+
+The read loop is a plain callback on the socket's readiness, not a coroutine:
+each call reads everything available straight into the frame decoder's buffer,
+routes every complete message, and writes each pipe once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from balancer import frames, handshake, polygon
+from balancer.frames import Close, FrameDecoder, Ping, Pong, ProtocolError
+from balancer.router import Router, RouterError, RouteResult
+from balancer.stats import Stats
+from balancer.transport import ConnectError, Transport, open_transport
+from balancer.url import WebSocketURL
+
+log = logging.getLogger("lb")
+
+USER_AGENT = "trade-balancer-lb/0.1"
+SSL_READ_BATCH = 2 * 1024 * 1024
+HANDSHAKE_READ = 64 * 1024
+
+
+@dataclass(slots=True)
+class SessionConfig:
+    url: WebSocketURL
+    key: str
+    subscribe: str
+    tls_mode: str  # "none" | "userspace" | "ktls" (decided before connecting)
+    cafile: str | None
+    ping_interval: float
+    ping_timeout: float
+    max_message: int
+    connect_timeout: float = 10.0
+
+
+class SessionEnded(Exception):
+    """The connection is over; ``cause`` names why, for logs and stats."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class Output(Protocol):
+    """Where routed batches go (lb's pipes); it may ask the session to stop reading."""
+
+    def deliver(self, batches: list[Any]) -> None: ...
+
+
+class Recorder(Protocol):
+    def write(self, payload: bytes) -> None: ...
+
+
+class Session:
+    def __init__(
+        self,
+        config: SessionConfig,
+        router: Router,
+        output: Output,
+        stats: Stats,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.output = output
+        self.stats = stats
+        self.recorder = recorder
+        self.polygon = polygon.PolygonSession(config.key, config.subscribe)
+        self.decoder = FrameDecoder(max_message=config.max_message)
+        self.transport: Transport | None = None
+        self.delivered = 0  # trades this connection delivered
+        self._done: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._paused = False
+        self._last_rx = 0.0
+        self._ping_sent_at: float | None = None
+        self._pings = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._opened_at = 0.0
+        self._result = RouteResult()
+        self._on_streaming: Callable[[Session], None] | None = None
+        self._frames_seen = 0
+        self._close_sent = False
+
+    # -- life cycle ----------------------------------------------------------------
+
+    async def run(self, on_streaming: Callable[[Session], None] | None = None) -> None:
+        """Run until the connection ends; always raises (SessionEnded, AuthFailed, Evicted...)."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        try:
+            self.transport = await self._connect()
+            self.stats.tls = str(self.transport.info)
+            await self._upgrade()
+            for message in self.polygon.opening_messages():
+                self._send_text(message)
+            self._opened_at = self._last_rx = loop.time()
+            self._on_streaming = on_streaming
+            self._start_reading()
+            self._schedule_tick()
+            self._on_readable()  # bytes that came with the upgrade reply
+            await self._done
+        finally:
+            self._stop()
+
+    async def _connect(self) -> Transport:
+        cfg = self.config
+        try:
+            return await open_transport(cfg.url, cfg.tls_mode, cfg.cafile, cfg.connect_timeout)
+        except ConnectError as exc:
+            raise SessionEnded("connect", str(exc)) from None
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or exc
+            raise SessionEnded("tls", f"certificate verification failed: {reason}") from None
+        except (ssl.SSLError, OSError) as exc:
+            raise SessionEnded("tls", f"TLS handshake with {cfg.url.host} failed: {exc}") from None
+        except TimeoutError:
+            raise SessionEnded("timeout", f"TLS handshake with {cfg.url.host} timed out") from None
+
+    async def _upgrade(self) -> None:
+        assert self.transport is not None and self._loop is not None
+        key = handshake.new_key()
+        self.transport.send(
+            handshake.build_request(self.config.url.host_header, self.config.url.resource, key, USER_AGENT)
+        )
+        received = bytearray()
+        scratch = memoryview(bytearray(HANDSHAKE_READ))
+        deadline = self._loop.time() + self.config.connect_timeout
+        while True:
+            try:
+                n = self.transport.recv_into(scratch)
+            except BlockingIOError:
+                await self._wait_readable(deadline, "the upgrade reply")
+                continue
+            except (OSError, ssl.SSLError) as exc:
+                raise SessionEnded("reset", f"connection lost during the upgrade: {exc}") from None
+            if n == 0:
+                raise SessionEnded("eof", "server closed the connection during the upgrade")
+            received += scratch[:n]
+            try:
+                parsed = handshake.parse_response_head(received)
+                if parsed is not None:
+                    response, consumed = parsed
+                    handshake.check_response(response, key)
+                    self.decoder.feed(received[consumed:])
+                    return
+            except handshake.HandshakeError as exc:
+                raise SessionEnded("handshake", str(exc)) from None
+
+    async def _wait_readable(self, deadline: float, what: str) -> None:
+        from balancer.transport import wait_ready
+
+        assert self.transport is not None and self._loop is not None
+        try:
+            await wait_ready(self._loop, self.transport.fd, False, max(0.0, deadline - self._loop.time()))
+        except TimeoutError:
+            raise SessionEnded("timeout", f"timed out waiting for {what}") from None
+
+    def end(self, cause: str, message: str) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(SessionEnded(cause, message))
+
+    def fail(self, exc: BaseException) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(exc)
+
+    def close(self, code: int = frames.CLOSE_GOING_AWAY, reason: str = "shutting down") -> None:
+        """Say goodbye (a close frame) and end the connection."""
+        if self.transport is not None and not self.transport.closed:
+            self._send_close(code, reason)
+        self.end("shutdown", reason)
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            if self._reading and self._loop is not None:
+                self._loop.remove_reader(self.transport.fd)
+                self._reading = False
+            self.transport.close()
+
+    # -- flow control (the pipes ask for it) ----------------------------------------
+
+    def pause_reading(self) -> None:
+        self._paused = True
+        if self._reading and self._loop is not None and self.transport is not None:
+            self._loop.remove_reader(self.transport.fd)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        if self._loop is not None and self._last_rx:
+            self._last_rx = self._loop.time()
+            self._start_reading()
+            self._loop.call_soon(self._on_readable)
+
+    def _start_reading(self) -> None:
+        transport = self.transport
+        if self._reading or self._paused or transport is None or transport.closed or self._loop is None:
+            return
+        self._loop.add_reader(transport.fd, self._on_readable)
+        self._reading = True
+
+    # -- the read loop ---------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        transport = self.transport
+        if transport is None or transport.closed or self._done is None or self._done.done():
+            return
+        decoder = self.decoder
+        recv_into = transport.recv_into
+        drains_on_short_read = transport.info.mode != "userspace"
+        got = 0
+        eof = False
+        try:
+            while True:
+                buffer = decoder.recv_buffer()
+                n = recv_into(buffer)
+                if n == 0:
+                    eof = True
+                    break
+                decoder.commit(n)
+                got += n
+                if (drains_on_short_read and n < len(buffer)) or got >= SSL_READ_BATCH:
+                    break
+        except BlockingIOError:
+            pass
+        except ssl.SSLError as exc:
+            self.end("tls", f"TLS error: {exc}")
+            return
+        except OSError as exc:
+            self.end("reset", f"connection lost: {exc}")
+            return
+        if got:
+            self._last_rx = self._loop.time() if self._loop else 0.0
+            self._ping_sent_at = None
+            self.stats.bytes += got
+        try:
+            self._handle_events(decoder.events())
+            decoder.check()
+        except ProtocolError as exc:
+            self._send_close(exc.close_code, "protocol error")
+            self.end("protocol", f"websocket protocol violation: {exc}")
+        except RouterError as exc:
+            self._send_close(frames.CLOSE_INVALID_DATA, "invalid payload")
+            self.end("badjson", str(exc))
+        except (polygon.AuthFailed, polygon.Evicted) as exc:
+            self.fail(exc)
+        except polygon.SessionError as exc:
+            self.end("status", f"server said {exc}")
+        if eof:
+            self.end("eof", "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
+
+    def _handle_events(self, events: list[frames.Event]) -> None:
+        router = self.router
+        result = self._result
+        route = router.route
+        recorder = self.recorder
+        before = router.trades
+        messages = 0
+        try:
+            for event in events:
+                if type(event) is bytes:
+                    messages += 1
+                    if recorder is not None:
+                        recorder.write(event)
+                    route(event, result)
+                    if result.statuses or result.unroutable:
+                        self._handle_side_results(result)
+                else:
+                    self._handle_control(event)
+        finally:
+            # Whatever was routed before an error is delivered, never dropped.
+            routed = router.trades - before
+            self.delivered += routed
+            self.stats.trades += routed
+            self.stats.messages += messages
+            self.stats.frames += self.decoder.frames - self._frames_seen
+            self._frames_seen = self.decoder.frames
+            batches = router.take()
+            if batches:
+                self.output.deliver(batches)
+
+    def _handle_side_results(self, result: RouteResult) -> None:
+        statuses, result.statuses = result.statuses, []
+        unroutable, result.unroutable = result.unroutable, []
+        for raw in unroutable:
+            log.warning("event without sym, not routed: %s", raw[:200])
+        for status in statuses:
+            self.stats.status_events += 1
+            log.info("status %s", polygon.describe(status))
+            was_streaming = self.polygon.phase is polygon.Phase.STREAMING
+            for message in self.polygon.on_status(status):
+                self._send_text(message)
+            if not was_streaming and self.polygon.phase is polygon.Phase.STREAMING:
+                log.info("subscribed (%s) over %s", self.config.subscribe, self.stats.tls)
+                if self._on_streaming is not None:
+                    self._on_streaming(self)
+
+    def _handle_control(self, event: frames.Event) -> None:
+        if type(event) is Ping:
+            self._send(frames.encode_frame(frames.OP_PONG, event.payload))
+        elif type(event) is Pong:
+            self.stats.pongs += 1
+        elif type(event) is Close:
+            self.stats.server_closes += 1
+            code = event.code if event.code is not None else frames.CLOSE_NORMAL
+            self._send_close(code if code not in (1005, 1006, 1015) else frames.CLOSE_NORMAL, "")
+            self.end("close", f"server closed the websocket (code {event.code}, {event.reason!r})")
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _send(self, frame: bytes) -> None:
+        if self.transport is not None:
+            self.transport.send(frame)
+
+    def _send_text(self, message: bytes) -> None:
+        self._send(frames.encode_frame(frames.OP_TEXT, message))
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self.transport is not None and not self._close_sent:
+            self._close_sent = True
+            self._send(frames.encode_close(code, reason))
+
+    # -- liveness --------------------------------------------------------------------------
+
+    def _schedule_tick(self) -> None:
+        assert self._loop is not None
+        period = max(0.05, min(1.0, self.config.ping_interval / 4, self.config.ping_timeout / 4))
+        self._timer = self._loop.call_later(period, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        cfg = self.config
+        if self.polygon.phase is not polygon.Phase.STREAMING and now - self._opened_at > cfg.connect_timeout:
+            self.end("timeout", f"no subscription confirmed within {cfg.connect_timeout:g} s")
+        elif self._paused:
+            self._last_rx = now  # not reading by choice: silence proves nothing
+        elif self._ping_sent_at is not None:
+            if now - self._ping_sent_at > cfg.ping_timeout:
+                self.stats.ping_timeouts += 1
+                self.end("timeout", f"nothing received for {now - self._last_rx:.1f} s "
+                                    f"(no pong within {cfg.ping_timeout:g} s): connection is dead")
+                return
+        elif now - self._last_rx > cfg.ping_interval:
+            self._pings += 1
+            self._ping_sent_at = now
+            self.stats.pings += 1
+            self._send(frames.encode_frame(frames.OP_PING, struct.pack(">Q", self._pings)))
+        self._schedule_tick()

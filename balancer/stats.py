@@ -1,0 +1,106 @@
+"""lb's counters, the one-line status on stderr, and the JSON snapshot (--stats-file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process, from /proc."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.time)
+    tls: str = "-"
+    connected: bool = False
+    trades: int = 0
+    messages: int = 0
+    frames: int = 0
+    bytes: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    disconnects: Counter[str] = field(default_factory=Counter)
+    status_events: int = 0
+    pings: int = 0
+    pongs: int = 0
+    ping_timeouts: int = 0
+    server_closes: int = 0
+    worker_pid: int = 0
+    worker_starts: int = 0
+    worker_restarts: int = 0
+    worker_exits: list[str] = field(default_factory=list)
+    backpressure_pauses: int = 0
+    paused: bool = False
+    # filled in from the router and the pipes at snapshot time
+    slow_messages: int = 0
+    slow_objects: int = 0
+    unroutable: int = 0
+    largest_backlog: int = 0
+    total_backlog: int = 0
+    pipe_size: int = 0
+    pipe_writes: int = 0
+    discarded_bytes: int = 0
+    discarded_messages: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        user, system = cpu_seconds()
+        data = {k: v for k, v in self.__dict__.items() if k != "disconnects"}
+        data["disconnects"] = dict(self.disconnects)
+        data.update(
+            pid=os.getpid(),
+            time=time.time(),
+            uptime=time.time() - self.started,
+            cpu_user=user,
+            cpu_system=system,
+            rss=rss_bytes(),
+            max_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            open_fds=len(os.listdir("/proc/self/fd")),
+        )
+        return data
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class StatusLine:
+    """Rates between two calls, formatted as one line."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self._last = (time.monotonic(), 0, 0, 0)
+
+    def render(self) -> str:
+        s = self.stats
+        now = time.monotonic()
+        then, trades, frames, nbytes = self._last
+        dt = max(now - then, 1e-9)
+        self._last = (now, s.trades, s.frames, s.bytes)
+        state = "paused" if s.paused else ("up" if s.connected else "down")
+        return (
+            f"{(s.trades - trades) / dt:,.0f} trades/s {(s.frames - frames) / dt:,.0f} frames/s "
+            f"{(s.bytes - nbytes) / dt / 1e6:.1f} MB/s | total {s.trades:,} trades {s.frames:,} frames | "
+            f"{state} {s.tls} reconnects {s.reconnects} | backlog max {s.largest_backlog / 1e6:.1f} MB | "
+            f"worker restarts {s.worker_restarts} | slow path {s.slow_messages}"
+        )

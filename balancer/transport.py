@@ -1,0 +1,226 @@
+"""Connect, socket options, TLS mode, and the two primitives the session uses:
+``recv_into`` (non-blocking, into the frame decoder's buffer) and ``send``.
+
+Three ways to carry the bytes:
+- ``none``: plain TCP (ws://);
+- ``userspace``: Python's ssl (OpenSSL) on a non-blocking socket;
+- ``ktls``: the handshake in userspace (balancer.ktls), then the kernel encrypts and
+  decrypts; reads land in the caller's buffer as plain text.
+The certificate and host name are always verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from balancer.url import WebSocketURL
+
+RCVBUF = 4 * 1024 * 1024
+CONNECT_TIMEOUT = 10.0
+
+
+class ConnectError(Exception):
+    """No address of the host could be reached (the message says why for each)."""
+
+
+class Reader(Protocol):
+    def recv_into(self, buffer: memoryview) -> int: ...
+
+
+@dataclass(slots=True)
+class TLSInfo:
+    mode: str  # "none" | "userspace" | "ktls"
+    version: str = ""
+    cipher: str = ""
+
+    def __str__(self) -> str:
+        if self.mode == "none":
+            return "plain (ws://)"
+        return f"{self.mode} {self.version} {self.cipher}".strip()
+
+
+def client_context(cafile: str | None) -> ssl.SSLContext:
+    """Userspace TLS: the system's CAs plus ``cafile``, host name checked, no way to turn it off."""
+    context = ssl.create_default_context(cafile=None)
+    if cafile:
+        context.load_verify_locations(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+async def wait_ready(loop: asyncio.AbstractEventLoop, fd: int, writable: bool, timeout: float) -> None:
+    future = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+    add(fd, lambda: future.done() or future.set_result(None))
+    try:
+        await asyncio.wait_for(future, timeout)
+    finally:
+        remove(fd)
+
+
+class Transport:
+    """A connected stream. ``recv_into`` raises BlockingIOError when nothing is ready and
+    returns 0 at EOF; ``send`` queues what the socket does not take at once."""
+
+    def __init__(self, sock: socket.socket, reader: Reader, info: TLSInfo, peer: str) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.recv_into = reader.recv_into
+        self.info = info
+        self.peer = peer
+        self._sender = sock
+        self._outbox: deque[memoryview] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self._outbox:
+            try:
+                n = self._sender.send(data)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                n = 0
+            if n == len(data):
+                return
+            self._outbox.append(memoryview(data)[n:])
+            self._watch_writable()
+        else:
+            self._outbox.append(memoryview(data))
+
+    def _watch_writable(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_writer(self.fd, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            while self._outbox:
+                head = self._outbox[0]
+                n = self._sender.send(head)
+                if n < len(head):
+                    self._outbox[0] = head[n:]
+                    return
+                self._outbox.popleft()
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            self._outbox.clear()
+        if self._loop is not None:
+            self._loop.remove_writer(self.fd)
+
+    @property
+    def unsent(self) -> int:
+        return sum(map(len, self._outbox))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._outbox and self._loop is not None:
+            self._loop.remove_writer(self.fd)
+        self._outbox.clear()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class _PlainReader:
+    def __init__(self, sock: socket.socket) -> None:
+        self.recv_into = sock.recv_into
+
+
+class _SSLReader:
+    """SSLSocket.recv_into, with 'want read' reported as BlockingIOError."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._recv_into = sock.recv_into
+
+    def recv_into(self, buffer: memoryview) -> int:
+        try:
+            return self._recv_into(buffer)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError from None
+
+
+async def _connect_tcp(loop: asyncio.AbstractEventLoop, url: WebSocketURL, timeout: float) -> socket.socket:
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
+            timeout,
+        )
+    except (OSError, TimeoutError) as exc:
+        raise ConnectError(f"cannot resolve {url.host!r}: {exc or 'timed out'}") from None
+    failures = []
+    for family, kind, proto, _name, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            return sock
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            failures.append(f"{address[0]} port {address[1]}: {exc or 'timed out'}")
+    raise ConnectError(f"cannot connect to {url.host}: " + "; ".join(failures))
+
+
+async def _userspace_tls(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, url: WebSocketURL, cafile: str | None,
+    timeout: float,
+) -> tuple[ssl.SSLSocket, TLSInfo]:
+    tls = client_context(cafile).wrap_socket(
+        sock, server_hostname=url.host, do_handshake_on_connect=False
+    )
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            await wait_ready(loop, tls.fileno(), False, max(0.0, deadline - loop.time()))
+        except ssl.SSLWantWriteError:
+            await wait_ready(loop, tls.fileno(), True, max(0.0, deadline - loop.time()))
+    cipher = tls.cipher()
+    return tls, TLSInfo("userspace", tls.version() or "", cipher[0] if cipher else "")
+
+
+async def _kernel_tls(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, url: WebSocketURL, cafile: str | None,
+    timeout: float,
+) -> tuple[Reader, TLSInfo]:
+    from balancer import ktls
+
+    handshake = ktls.KtlsHandshake(sock, ktls.make_context(cafile), url.host)
+    deadline = loop.time() + timeout
+    while (wanted := handshake.step()) is not None:
+        await wait_ready(loop, sock.fileno(), wanted == "write", max(0.0, deadline - loop.time()))
+    return ktls.KtlsReceiver(sock), TLSInfo("ktls", handshake.version, handshake.cipher)
+
+
+async def open_transport(
+    url: WebSocketURL, tls_mode: str, cafile: str | None, timeout: float = CONNECT_TIMEOUT
+) -> Transport:
+    """Resolve (on every attempt), connect to each address in turn, and set up TLS."""
+    loop = asyncio.get_running_loop()
+    sock = await _connect_tcp(loop, url, timeout)
+    host, port = sock.getpeername()[:2]
+    peer = f"{host}:{port}"
+    try:
+        if not url.tls:
+            return Transport(sock, _PlainReader(sock), TLSInfo("none"), peer)
+        if tls_mode == "ktls":
+            reader, info = await _kernel_tls(loop, sock, url, cafile, timeout)
+            return Transport(sock, reader, info, peer)
+        tls_sock, info = await _userspace_tls(loop, sock, url, cafile, timeout)
+        transport = Transport(tls_sock, _SSLReader(tls_sock), info, peer)
+        return transport
+    except BaseException:
+        sock.close()
+        raise

@@ -1,0 +1,55 @@
+"""Waiting for events with deadlines (never "sleep long enough")."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Timeout(AssertionError):
+    pass
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy; raise Timeout naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise Timeout(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """The JSON in ``path`` if it exists and is complete (writers replace files atomically)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def wait_json(path: str, timeout: float, what: str | None = None) -> dict[str, Any]:
+    return wait_for(lambda: read_json(path), timeout, what or f"{os.path.basename(path)}")
+
+
+async def async_wait_for(predicate: Callable[[], T], timeout: float, what: str,
+                         interval: float = 0.02) -> T:
+    """``wait_for`` for asyncio tests: polls without blocking the event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise Timeout(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
