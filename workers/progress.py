@@ -12,10 +12,12 @@ import mmap
 import struct
 from dataclasses import dataclass
 
-# bytes_read, boundary, messages, partial header (4 bytes), in_read, owner pid
-_SLOT = struct.Struct("<QQQ4sII")
+# bytes_read, boundary, messages, handled, partial header (4 bytes), in_read, owner pid
+_SLOT = struct.Struct("<QQQQ4sII")
 _SLOT_SIZE = 64
-_IN_READ = 3 * 8 + 4
+_HANDLED = 3 * 8
+_IN_READ = 4 * 8 + 4
+_handled = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class SlotState:
     """Stream offset where the last complete message ended (= start of the partial one)."""
     messages: int
     """Complete messages framed since the pool started."""
+    handled: int
+    """Messages the handler returned from (the rest of `messages` died with a child)."""
     header: bytes
     """The partial message's header bytes read so far (up to 4)."""
     in_read: bool
@@ -57,19 +61,28 @@ class ProgressSlot:
         Two stores, in this order: a SIGKILL can land inside the first (a torn copy), and the
         flag, still set, then tells the pool not to trust the counters.
         """
-        _SLOT.pack_into(self._memory, self._offset, bytes_read, boundary, messages, header, 1, pid)
-        self._memory[self._offset + _IN_READ] = 0
+        memory, offset = self._memory, self._offset
+        handled = _handled.unpack_from(memory, offset + _HANDLED)[0]
+        _SLOT.pack_into(memory, offset, bytes_read, boundary, messages, handled, header, 1, pid)
+        memory[offset + _IN_READ] = 0
+
+    def set_handled(self, handled: int) -> None:
+        _handled.pack_into(self._memory, self._offset + _HANDLED, handled)
 
     def state(self) -> SlotState:
-        bytes_read, boundary, messages, header, in_read, pid = _SLOT.unpack_from(
+        bytes_read, boundary, messages, handled, header, in_read, pid = _SLOT.unpack_from(
             self._memory, self._offset
         )
         partial = min(bytes_read - boundary, 4)
-        return SlotState(bytes_read, boundary, messages, header[:partial], bool(in_read), pid)
+        return SlotState(
+            bytes_read, boundary, messages, handled, header[:partial], bool(in_read), pid
+        )
 
     def reset(self, bytes_read: int, messages: int) -> None:
-        """Mark the pipe as resynchronised at a message boundary."""
-        self.publish(bytes_read, bytes_read, messages, b"", 0)
+        """Mark the pipe as resynchronised at a message boundary, every message settled."""
+        _SLOT.pack_into(
+            self._memory, self._offset, bytes_read, bytes_read, messages, messages, b"", 0, 0
+        )
 
 
 class SharedProgress:

@@ -71,6 +71,11 @@ class PipeReader:
         self._rescan = False
         self._bad_header_read = False
 
+    @property
+    def pending(self) -> bool:
+        """Work is waiting without new data: an error to raise or buffered bytes to rescan."""
+        return self._pending is not None or self._rescan
+
     # -- reading -----------------------------------------------------------------------
 
     def read_batch(self) -> list[bytes]:
