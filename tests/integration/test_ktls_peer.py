@@ -9,6 +9,8 @@ choose TLS 1.3 suites, so each process gets an ``OPENSSL_CONF`` whose
     echo N\\n<N bytes>   -> the N bytes back
     send N\\n            -> N bytes of ``pattern(N)``
     close\\n             -> close_notify from the server, then wait for the client's
+    drop\\n              -> TCP FIN without close_notify
+    garbage\\n           -> a forged application-data record (its tag cannot verify)
 
 and a close_notify from the client is answered with one. Events (connected,
 handshake_failed, closed) go to stdout as JSON lines with the client's port.
@@ -125,6 +127,11 @@ def _command_loop(tls: ssl.SSLSocket, reader: _LineReader) -> str:
         elif command == b"close":
             tls.unwrap()  # ours, then the client's
             return "server close_notify answered"
+        elif command == b"drop":
+            tls.shutdown(socket.SHUT_RDWR)
+            return "server dropped"
+        elif command == b"garbage":
+            socket.socket.sendall(tls, bytes([23, 3, 3, 0, 40]) + os.urandom(40))  # past ssl
         else:
             raise ValueError(f"unknown command {line[:40]!r}")
 
