@@ -21,11 +21,20 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from balancer import ktls
-from balancer.ktls import ALERT, APPLICATION_DATA, HANDSHAKE, RECORD_HEADER
+from balancer.ktls import (
+    ALERT,
+    APPLICATION_DATA,
+    CHANGE_CIPHER_SPEC,
+    HANDSHAKE,
+    HELLO_RETRY_REQUEST_RANDOM,
+    RECORD_HEADER,
+)
 from balancer.tls_keys import TLS_1_3, CryptoInfo, KernelCipher
 from tests.integration.test_ktls_peer import (
     ALL_SUITES,
+    HELLO_RETRY_LISTENER,
     TICKETS,
+    TLS12_SUITES,
     TLS13_SUITES,
     Peers,
     pattern,
@@ -111,6 +120,34 @@ def read_record(sock: socket.socket, rx: RecordLayer) -> tuple[int, bytes]:
     return rx.open(header, recv_exactly(sock, header[3] << 8 | header[4]))
 
 
+class Spy:
+    """A socket as the handshake sees it, keeping a copy of every byte both ways."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sent = bytearray()
+        self.received = bytearray()
+
+    def send(self, data: bytes) -> int:
+        count = self.sock.send(data)
+        self.sent += data[:count]
+        return count
+
+    def recv(self, size: int) -> bytes:
+        data = self.sock.recv(size)
+        self.received += data
+        return data
+
+
+def split_records(stream: bytes) -> list[tuple[int, bytes]]:
+    records, at = [], 0
+    while at < len(stream):
+        length = int.from_bytes(stream[at + 3 : at + 5], "big")
+        records.append((stream[at], stream[at + 5 : at + 5 + length]))
+        at += 5 + length
+    return records
+
+
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[CryptoInfo, CryptoInfo]] = []
@@ -120,10 +157,14 @@ class Recorder:
 
 
 def handshake(address: tuple[str, int], context: ssl.SSLContext, server_hostname: str,
-              install) -> tuple[socket.socket, ktls.KtlsHandshake]:
+              install, spy: list[Spy] | None = None) -> tuple[socket.socket, ktls.KtlsHandshake]:
     sock = socket.create_connection(address, timeout=DEADLINE)
     sock.setblocking(False)
-    shake = ktls.KtlsHandshake(sock, context, server_hostname, install=install)
+    watched = Spy(sock)
+    if spy is not None:
+        spy.append(watched)
+    shake = ktls.KtlsHandshake(watched, context, server_hostname,  # type: ignore[arg-type]
+                               install=install)
     deadline = time.monotonic() + DEADLINE
     try:
         while (wanted := shake.step()) is not None:
@@ -139,11 +180,12 @@ def handshake(address: tuple[str, int], context: ssl.SSLContext, server_hostname
     return sock, shake
 
 
-@pytest.mark.parametrize("suite", ALL_SUITES)
-def test_handed_off_keys_carry_the_session(peers: Peers, suite: str) -> None:
+@pytest.mark.parametrize("listener", [*ALL_SUITES, HELLO_RETRY_LISTENER])
+def test_handed_off_keys_carry_the_session(peers: Peers, listener: str) -> None:
     recorder = Recorder()
-    sock, shake = handshake(peers.address(suite), ktls.make_context(peers.certs.ca), "localhost",
-                            recorder)
+    sock, shake = handshake(peers.address(listener), ktls.make_context(peers.certs.ca),
+                            "localhost", recorder)
+    suite = listener.split()[0]
     with sock:
         assert shake.cipher == suite
         assert shake.version == ("TLSv1.3" if suite in TLS13_SUITES else "TLSv1.2")
@@ -176,7 +218,34 @@ def test_handed_off_keys_carry_the_session(peers: Peers, suite: str) -> None:
         sock.sendall(tx.seal(ALERT, b"\x01\x00"))  # close_notify
         assert read_record(sock, rx) == (ALERT, b"\x01\x00")
         port = sock.getsockname()[1]
-    assert peers.process_for(suite).event_for(port, "closed")["by"] == "client close_notify"
+    assert peers.process_for(listener).event_for(port, "closed")["by"] == "client close_notify"
+
+
+def test_hello_retry_request_is_skipped(peers: Peers) -> None:
+    spies: list[Spy] = []
+    sock, shake = handshake(peers.address(HELLO_RETRY_LISTENER),
+                            ktls.make_context(peers.certs.ca), "localhost", Recorder(), spies)
+    sock.close()
+    first_type, first = split_records(bytes(spies[0].received))[0]
+    assert first_type == HANDSHAKE and first[0] == 2  # a ServerHello...
+    assert first[6:38] == HELLO_RETRY_REQUEST_RANDOM  # ...that is a HelloRetryRequest
+    assert shake.version == "TLSv1.3"
+
+
+@pytest.mark.parametrize("suite", [s for s in TLS12_SUITES if "GCM" in s])
+def test_tls12_gcm_transmit_nonce_follows_our_finished(peers: Peers, suite: str) -> None:
+    spies: list[Spy] = []
+    recorder = Recorder()
+    sock, _ = handshake(peers.address(suite), ktls.make_context(peers.certs.ca), "localhost",
+                        recorder, spies)
+    sock.close()
+    records = split_records(bytes(spies[0].sent))
+    types = [record_type for record_type, _ in records]
+    finished_type, finished = records[types.index(CHANGE_CIPHER_SPEC) + 1]
+    assert finished_type == HANDSHAKE
+    [(tx_info, _)] = recorder.calls
+    # Never reuse a nonce under the same key: the kernel's first is one past Finished's.
+    assert int.from_bytes(tx_info.iv, "big") == (int.from_bytes(finished[:8], "big") + 1) % 2**64
 
 
 @pytest.mark.parametrize(("cafile", "hostname", "reason"), [

@@ -21,6 +21,7 @@ from balancer.ktls import SOL_TLS, TCP_ULP, TLS_RX, TLS_RX_EXPECT_NO_PAD, TLS_TX
 from balancer.tls_keys import TLS_1_2, TLS_1_3, KernelCipher
 from tests.integration.test_ktls_peer import (
     ALL_SUITES,
+    HELLO_RETRY_LISTENER,
     TICKETS,
     TLS13_SUITES,
     Peers,
@@ -116,10 +117,11 @@ def test_probe_finds_every_version_and_cipher(kernel_tls: None) -> None:
     assert ktls.probe() is None
 
 
-@pytest.mark.parametrize("suite", ALL_SUITES)
-def test_kernel_carries_the_session(peers: Peers, suite: str) -> None:
+@pytest.mark.parametrize("listener", [*ALL_SUITES, HELLO_RETRY_LISTENER])
+def test_kernel_carries_the_session(peers: Peers, listener: str) -> None:
     before = ktls.read_tls_stat()
-    sock, shake = connect(peers, suite)
+    sock, shake = connect(peers, listener)
+    suite = listener.split()[0]
     with sock:
         assert shake.cipher == suite
         assert shake.tx_info is not None and shake.rx_info is not None
@@ -155,7 +157,7 @@ def test_kernel_carries_the_session(peers: Peers, suite: str) -> None:
         expect_end(receiver, sock)  # the server answers with its own close_notify
         assert receiver.closed_by == "close_notify"
         port = sock.getsockname()[1]
-    assert peers.process_for(suite).event_for(port, "closed")["by"] == "client close_notify"
+    assert peers.process_for(listener).event_for(port, "closed")["by"] == "client close_notify"
     assert ktls.read_tls_stat()["TlsDecryptError"] == before["TlsDecryptError"]
 
 

@@ -44,6 +44,8 @@ TLS12_SUITES = {  # suite -> certificate key type
     "ECDHE-ECDSA-CHACHA20-POLY1305": "ecdsa",
 }
 ALL_SUITES = (*TLS13_SUITES, *TLS12_SUITES)
+# Takes only P-384, which OpenSSL clients do not send a key share for: HelloRetryRequest.
+HELLO_RETRY_LISTENER = "TLS_AES_128_GCM_SHA256 after HelloRetryRequest"
 START_TIMEOUT = 60.0  # a Python start inside User-Mode Linux takes seconds
 TICKETS = 2
 
@@ -143,6 +145,8 @@ def _listener_context(spec: dict[str, Any], certs: dict[str, list[str]]) -> ssl.
     context.minimum_version = context.maximum_version = version
     if spec.get("ciphers"):
         context.set_ciphers(spec["ciphers"])
+    if spec.get("curve"):
+        context.set_ecdh_curve(spec["curve"])  # OpenSSL 3: the only group offered
     context.num_tickets = spec.get("tickets", TICKETS)
     return context
 
@@ -269,6 +273,9 @@ class Peers:
         tls12 = list(TLS12_SUITES.items())
         for index, tls13 in enumerate(TLS13_SUITES):
             listeners = [{"name": tls13, "tls": "1.3", "cert": "ecdsa"}]
+            if index == 0:
+                listeners.append({"name": HELLO_RETRY_LISTENER, "tls": "1.3", "cert": "rsa",
+                                  "curve": "secp384r1"})
             listeners += [{"name": suite, "tls": "1.2", "cert": cert, "ciphers": suite}
                           for suite, cert in tls12[index::3]]
             self.processes[tls13] = PeerProcess(directory, f"peer{index}", tls13, listeners,
