@@ -5,7 +5,7 @@ are right there. Before anything touches /proc the guest mounts its own procfs a
 checks that it really is procfs: if that mount failed, /proc would be the HOST's,
 seen through hostfs. Power-off is the reboot(2) system call, never sysrq.
 
-Steps: mount /proc (checked), /sys, tmpfs on /tmp and /dev/shm; point the kernel's
+Steps: mount /proc (checked), /sys, a tmpfs on /dev/shm for TMPDIR; point the kernel's
 module helper at /bin/true (modules come from the UML package, loaded by hand with
 finit_module); load the TLS and AEAD modules; bring up lo; run pytest with the
 console as its output; write the exit status to the host-side status file; power off.
@@ -33,6 +33,7 @@ RB_POWER_OFF = 0x4321FEDC
 SYS_FINIT_MODULE = 313  # x86_64, which is also UML's system call table here
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 IFF_UP = 0x1
+GUEST_TMPDIR = "/dev/shm/tmp"
 
 # The kernel asks for crypto algorithms by name and, with the module helper off,
 # nothing loads them: so the algorithms the tls module needs are listed here too.
@@ -94,13 +95,15 @@ def mount_scratch() -> None:
     mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if filesystem_type("/sys") != SYSFS_MAGIC:
         raise GuestError("/sys is not the guest's sysfs")
-    # The guest's own device nodes and scratch space, so that tests write nothing
-    # into the host's /dev or /tmp.
+    # The guest's own device nodes and a guest-private scratch file system for the
+    # tests' temporary files (TMPDIR). /tmp itself stays the host's: the project may
+    # live there.
     if filesystem_type("/dev") != TMPFS_MAGIC:  # the kernel may have mounted it already
         mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755")
     os.makedirs("/dev/shm", exist_ok=True)
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    os.makedirs(GUEST_TMPDIR, exist_ok=True)
+    os.chmod(GUEST_TMPDIR, 0o1777)
 
 
 def disable_module_helper() -> None:
@@ -155,7 +158,8 @@ def run_pytest(config: dict[str, Any]) -> int:
     command = [sys.executable, "-m", "pytest", *config["pytest_args"]]
     say(f"running {' '.join(command[1:])} in {config['cwd']}")
     try:
-        return subprocess.run(command, cwd=config["cwd"], env=config["env"],
+        return subprocess.run(command, cwd=config["cwd"],
+                              env=dict(config["env"], TMPDIR=GUEST_TMPDIR),
                               timeout=config["timeout"]).returncode
     except subprocess.TimeoutExpired:
         say(f"pytest did not finish within {config['timeout']:g} s: stopped")
