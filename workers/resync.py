@@ -114,6 +114,8 @@ class PipeResync:
         self.deadline = now + self.UNCERTAIN_GRACE
         self.retry_at: float | None = None if self.certain else now
         self.note = ""
+        if self.done:
+            self._settle()
 
     @property
     def wants_readable(self) -> bool:
