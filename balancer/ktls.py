@@ -333,25 +333,39 @@ def kernel_support() -> KernelSupport:
     TX and RX are installed with dummy keys for every version and cipher, so that a
     failure shows up here and not after a real session's TX went in (no way back).
     """
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        combinations = set()
-        failures = {}
-        for version in (TLS_1_3, TLS_1_2):
-            for cipher in KernelCipher:
-                with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
-                    peer, _ = listener.accept()
-                    with peer:
-                        try:
-                            client.setsockopt(socket.IPPROTO_TCP, TCP_ULP, b"tls")
-                        except OSError as exc:
-                            return KernelSupport(ulp_error=_errno_text(exc))
-                        error = _try_install(client, version, cipher)
-                if error is None:
-                    combinations.add((version, cipher))
-                else:
-                    failures[(version, cipher)] = error
+    combinations = set()
+    failures = {}
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(5)
+            for version in (TLS_1_3, TLS_1_2):
+                for cipher in KernelCipher:
+                    error = _probe_install(listener, version, cipher)
+                    if error is None:
+                        combinations.add((version, cipher))
+                    else:
+                        failures[(version, cipher)] = error
+    except _NoTlsUlp as exc:
+        return KernelSupport(ulp_error=str(exc))
+    except OSError as exc:
+        return KernelSupport(ulp_error=f"cannot probe on a loopback TCP connection: {exc}")
     return KernelSupport(None, frozenset(combinations), failures)
+
+
+class _NoTlsUlp(Exception):
+    pass
+
+
+def _probe_install(listener: socket.socket, version: int, cipher: KernelCipher) -> str | None:
+    """None if TX and RX of ``cipher`` install on a fresh loopback connection, else why not."""
+    with socket.create_connection(listener.getsockname(), timeout=5) as client:
+        peer, _ = listener.accept()
+        with peer:
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, TCP_ULP, b"tls")
+            except OSError as exc:
+                raise _NoTlsUlp(_errno_text(exc)) from exc
+            return _try_install(client, version, cipher)
 
 
 def _try_install(sock: socket.socket, version: int, cipher: KernelCipher) -> str | None:
@@ -390,9 +404,10 @@ def probe() -> str | None:
 class KtlsContext(ssl.SSLContext):
     """A client context whose key log is an anonymous memory file of this process."""
 
-    keylog_fd: int
+    def __new__(cls, protocol: int = ssl.PROTOCOL_TLS_CLIENT) -> KtlsContext:
+        return super().__new__(cls, protocol)
 
-    def _open_keylog(self) -> None:
+    def __init__(self, protocol: int = ssl.PROTOCOL_TLS_CLIENT) -> None:
         fd = os.memfd_create("tb-ktls-keylog", os.MFD_CLOEXEC)
         weakref.finalize(self, os.close, fd)
         self.keylog_fd = fd
@@ -441,7 +456,6 @@ def make_context(cafile: str | None, *, version: ssl.TLSVersion | None = None) -
     context.maximum_version = ssl.TLSVersion.TLSv1_3 if tls13_ok else ssl.TLSVersion.TLSv1_2
     if version is not None:
         context.minimum_version = context.maximum_version = version
-    context._open_keylog()
     return context
 
 
