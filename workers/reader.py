@@ -7,8 +7,10 @@ Two modes, chosen per reader:
   one core), but a reader killed by SIGKILL loses what it had read and not yet handled: up
   to one chunk.
 - exact (`exact=True`): read the 4-byte header, then exactly the payload, never past the
-  message being worked on. Two read() calls per message (several times slower), but a
-  killed reader loses at most the one message it was reading or handling.
+  message being worked on. Two read() calls per message (about ten times slower), but a
+  killed reader loses at most the message it was handling, plus, on a pipe where the
+  writer had written only part of a message, that message (its bytes are held, not
+  waited for, so one slow pipe never stalls the others).
 
 Both leave the fd's flags alone (the pool and lb share the pipe's open file description);
 on a non-blocking fd a read that would block simply returns no messages.
@@ -70,6 +72,15 @@ class PipeReader:
         self._resyncing = False
         self._rescan = False
         self._bad_header_read = False
+        # exact mode: the message being read
+        self._header = b""
+        self._length = -1
+        self._parts: list[bytes] = []
+        self._got = 0
+        self._poller: select.poll | None = None
+        self._nowait = False
+        self._window = b""
+        self._resync_consumed = 0
 
     @property
     def pending(self) -> bool:
@@ -221,79 +232,120 @@ class PipeReader:
         self.skipped += start
         return start
 
-    # -- exact mode --------------------------------------------------------------------
+    # -- exact mode ---------------------------------------------------------------------
 
     def _read_exact(self) -> list[bytes]:
-        if self._resyncing:
-            return self._resync_exact()
-        header = self._read_up_to(HEADER, b"", first=True)
-        if header is None:
+        """Header, then payload, never a byte past the message; at most one message per call.
+
+        After the first read(), reads again only while the pipe has bytes now, so a message
+        the writer has only partly written never blocks the caller (a pool child serving
+        other pipes): its bytes are held until the next call.
+        """
+        if self._resyncing and not self._resync_exact():
             return []
-        length = message_length(header)
-        if length > self.max_message:
-            self._bad_header_read = True
-            raise self._too_long(length, self.offset - HEADER)
-        payload = self._read_up_to(length, header, first=False) if length else b""
-        assert payload is not None
-        self.messages += 1
-        self._publish_exact(b"")
-        return [payload]
-
-    def _read_up_to(self, want: int, header: bytes, *, first: bool) -> bytes | None:
-        """Exactly `want` bytes, never more; None if the pipe is empty or at EOF before any."""
-        parts: list[bytes] = []
-        got = 0
-        while got < want:
-            if self._progress is not None:
-                self._progress.begin_read()
-            try:
-                part = os.read(self.fd, want - got)
-            except BlockingIOError:
-                self._publish_exact(header + b"".join(parts))
-                if first and got == 0:
-                    return None
-                self.wait_readable()
-                continue
-            if not part:
-                self.eof = True
-                self._publish_exact(b"")
-                if first and got == 0:
-                    return None
-                held = header + b"".join(parts)
-                self._raise_truncated(len(held), held[:HEADER] if len(held) >= HEADER else b"")
-            parts.append(part)
-            got += len(part)
-            self.offset += len(part)
-            self._publish_exact(header + b"".join(parts))
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _publish_exact(self, held: bytes) -> None:
-        if self._progress is not None:
-            boundary = self.offset - len(held)
-            self._progress.publish(
-                self.offset, boundary, self.messages, held[:HEADER], self._pid
-            )
-
-    def _resync_exact(self) -> list[bytes]:
-        """Exact mode cannot look ahead without consuming: slide to a plausible `[len]{`."""
-        window = b""
-        consumed = 0
         while True:
-            byte = os.read(self.fd, 1)
-            if not byte:
-                self.eof = True
-                self.skipped += consumed
+            length = self._length
+            want = HEADER - len(self._header) if length < 0 else length - self._got
+            part = self._read_once(want)  # want > 0: a complete message returned already
+            if part is None:
                 return []
-            consumed += 1
+            if not part:
+                return self._end_exact()
+            self._take(part)
+            if self._length >= 0 and self._got == self._length:
+                return [self._complete()]
+            self._publish_exact()
+            self._nowait = True
+
+    def _take(self, part: bytes) -> None:
+        self.offset += len(part)
+        if self._length >= 0:
+            self._parts.append(part)
+            self._got += len(part)
+            return
+        self._header += part
+        if len(self._header) == HEADER:
+            length = message_length(self._header)
+            if length > self.max_message:
+                self._bad_header_read = True
+                self._header = b""
+                self._publish_exact()
+                raise self._too_long(length, self.offset - HEADER)
+            self._length = length
+
+    def _complete(self) -> bytes:
+        parts = self._parts
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._header, self._parts, self._got, self._length = b"", [], 0, -1
+        self.messages += 1
+        self._publish_exact()
+        return payload
+
+    def _read_once(self, want: int) -> bytes | None:
+        """One read() of at most `want` bytes; None if it would block.
+
+        The first read of a call may block (the caller polled, or iterates a blocking fd);
+        later ones must not, as the writer may have written only part of the message.
+        """
+        nowait, self._nowait = self._nowait, False
+        if nowait and not self._readable_now():
+            return None
+        if self._progress is not None:
+            self._progress.begin_read()
+        try:
+            return os.read(self.fd, want)
+        except BlockingIOError:
+            self._publish_exact()
+            return None
+
+    def _readable_now(self) -> bool:
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self.fd, select.POLLIN)
+        return bool(self._poller.poll(0))
+
+    def _held(self) -> int:
+        return len(self._header) + self._got
+
+    def _end_exact(self) -> list[bytes]:
+        self.eof = True
+        held = self._held()
+        self._publish_exact()
+        if self._resyncing:
+            self.skipped += len(self._window)
+        elif held:
+            self._raise_truncated(held, self._header if len(self._header) == HEADER else b"")
+        return []
+
+    def _publish_exact(self) -> None:
+        if self._progress is not None:
+            boundary = self.offset - self._held()
+            self._progress.publish(self.offset, boundary, self.messages, self._header, self._pid)
+
+    def _resync_exact(self) -> bool:
+        """Exact mode cannot look ahead without consuming: slide to a plausible `[len]{`.
+
+        True once found (the message's first 5 bytes are then held), False when the pipe
+        has nothing more right now or ended.
+        """
+        while True:
+            byte = self._read_once(1)
+            if byte is None:
+                return False
+            if not byte:
+                self._end_exact()
+                return False
             self.offset += 1
-            window = (window + byte)[-(HEADER + 1) :]
-            if len(window) <= HEADER or window[HEADER] != 0x7B:
-                continue
-            length = message_length(window)
-            if 2 <= length <= self.max_message:
-                self._resyncing = False
-                self.skipped += consumed - len(window)
-                rest = self._read_up_to(length - 1, window, first=False) or b""
-                self.messages += 1
-                self._publish_exact(b"")
-                return [b"{" + rest]
+            window = self._window = (self._window + byte)[-(HEADER + 1) :]
+            if len(window) == HEADER + 1 and window[HEADER] == 0x7B:
+                length = message_length(window)
+                if 2 <= length <= self.max_message:
+                    self.skipped += self._resync_consumed
+                    self._resyncing = False
+                    self._window = b""
+                    self._resync_consumed = 0
+                    self._header, self._length, self._parts, self._got = window[:4], length, [b"{"], 1
+                    return True
+            if len(window) == HEADER + 1:
+                self._resync_consumed += 1
+            self._nowait = True
