@@ -6,6 +6,7 @@ import it through PYTHONPATH).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import pytest
 
 from workers.framing import frame_all
 from workers.handler import Handler, HandlerContext
+from workers.progress import SharedProgress
 from workers.routing import pipe_for_symbol
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,6 +305,46 @@ def test_killed_child_restarts_at_the_next_boundary_and_the_loss_is_counted(
 
 
 @pytest.mark.parametrize("mode", [["--chunk", "3001"], ["--exact"]], ids=["chunked", "exact"])
+class DieInsideRead(Handler):
+    """First incarnation: after its first message, play a reader killed inside read():
+    raise its pipe's in_read flag, consume `--opt take=N` bytes the counters never see,
+    and SIGKILL itself. Later ones: record every payload handled."""
+
+    def on_batch(self, pipe: int, payloads: list[bytes]) -> None:
+        marker = Path("died.pid")
+        if marker.exists():
+            with open("after.txt", "ab") as out:
+                out.write(b"".join(p + b"\n" for p in payloads))
+            return
+        marker.write_text(str(os.getpid()))
+        progress = next(o for o in gc.get_objects() if isinstance(o, SharedProgress))
+        progress[pipe].begin_read()
+        os.read(self.context.options.fds[pipe], int(self.context.user_options["take"]))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_child_killed_inside_read_is_resynced_by_peeking(
+    feed_factory: Callable[[int], Feed], pools: list[Pool], tmp_path: Path
+) -> None:
+    feed = feed_factory(1)
+    payloads = feed.make(30)[0]
+    os.write(feed.pipes[0][1], frame_all(payloads))
+    take = 4 + len(payloads[1]) + 17  # message 1 and 17 bytes of message 2 vanish
+    pool = Pool(feed, ["--procs", "1", "--exact", "--opt", f"take={take}", "--handler",
+                       f"{HERE}:DieInsideRead"], tmp_path)
+    pools.append(pool)
+    feed.close_readers()
+    wait_for(lambda: (tmp_path / "died.pid").exists(), 10, "the first child to die")
+    feed.close_writers()
+    log = pool.finish()
+    assert (tmp_path / "after.txt").read_bytes().splitlines() == payloads[3:]
+    accounting = pool.status()["accounting"]
+    assert accounting["uncertain_resyncs"] == 1
+    assert accounting["discarded_bytes"] == 4 + len(payloads[2]) - 17
+    assert accounting["discarded_messages"] == 1
+    assert "WARNING pipe 0 (fd" in log and "died inside read()" in log
+
+
 def test_kill_under_load_loses_only_what_is_counted(
     feed_factory: Callable[[int], Feed], pools: list[Pool], tmp_path: Path, mode: list[str]
 ) -> None:
