@@ -43,8 +43,9 @@ def add_reader_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--exact", action="store_true",
         help="read each message exactly (4-byte header, then the payload) instead of big "
-             "chunks: several times slower, but a worker killed by SIGKILL loses at most the "
-             "message it was reading or handling, instead of up to a chunk")
+             "chunks: about ten times slower, but a worker killed by SIGKILL loses at most the "
+             "message it was handling (plus, per pipe, a message the writer had only partly "
+             "written), instead of everything it had read ahead: up to a chunk per pipe")
     group.add_argument("--chunk", type=chunk_size, default=DEFAULT_CHUNK, metavar="BYTES",
                        help=f"bytes per read in chunked mode (default {DEFAULT_CHUNK})")
     group.add_argument("--max-message", type=int, default=MAX_MESSAGE, metavar="BYTES",

@@ -304,7 +304,6 @@ def test_killed_child_restarts_at_the_next_boundary_and_the_loss_is_counted(
     assert "killed by SIGKILL" in log and "2 messages it had read were never handled" in log
 
 
-@pytest.mark.parametrize("mode", [["--chunk", "3001"], ["--exact"]], ids=["chunked", "exact"])
 class DieInsideRead(Handler):
     """First incarnation: after its first message, play a reader killed inside read():
     raise its pipe's in_read flag, consume `--opt take=N` bytes the counters never see,
@@ -345,6 +344,7 @@ def test_child_killed_inside_read_is_resynced_by_peeking(
     assert "WARNING pipe 0 (fd" in log and "died inside read()" in log
 
 
+@pytest.mark.parametrize("mode", [["--chunk", "3001"], ["--exact"]], ids=["chunked", "exact"])
 def test_kill_under_load_loses_only_what_is_counted(
     feed_factory: Callable[[int], Feed], pools: list[Pool], tmp_path: Path, mode: list[str]
 ) -> None:
