@@ -1,0 +1,210 @@
+"""A websocket client for the simulator's integration tests, and what it received.
+
+It keeps every trade's payload bytes exactly as they arrived (each frame split at the
+``},{`` between objects and checked against a real JSON parse of the frame), so a test can
+compare per-symbol counts, ``q`` ranges and CRC-32 chains with the simulator's ledger,
+computed here independently of the simulator's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+T = TypeVar("T")
+
+
+def client_ssl(cafile: str | None) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=cafile) if cafile else None
+
+
+def _is_json(payload: bytes) -> bool:
+    try:
+        orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def split_trades(payload: bytes) -> list[bytes]:
+    """A frame's trade objects as raw bytes, verified against a JSON parse of the frame."""
+    events = orjson.loads(payload)
+    assert isinstance(events, list), f"frame is not a JSON array: {payload[:80]!r}"
+    if not events:
+        return []
+    assert payload.startswith(b"[{") and payload.endswith(b"}]"), payload[:80]
+    pieces = [b"{" + p + b"}" for p in payload[2:-2].split(b"},{")]
+    assert [orjson.loads(p) for p in pieces] == events, "frame does not split into its objects"
+    return pieces
+
+
+@dataclass
+class SymbolStats:
+    count: int = 0
+    first_q: int | None = None
+    last_q: int | None = None
+    crc32: int = 0
+    qs: list[int] = field(default_factory=list)
+
+    def add(self, q: int, payload: bytes) -> None:
+        self.count += 1
+        if self.first_q is None:
+            self.first_q = q
+        self.last_q = q
+        self.crc32 = zlib.crc32(payload, self.crc32)
+        self.qs.append(q)
+
+    def as_ledger(self) -> dict[str, int | None]:
+        return {"count": self.count, "first_q": self.first_q, "last_q": self.last_q,
+                "crc32": self.crc32}
+
+
+@dataclass
+class Received:
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[bytes] = field(default_factory=list)
+    trades: list[bytes] = field(default_factory=list)
+    symbols: dict[str, SymbolStats] = field(default_factory=dict)
+    close_code: int | None = None
+    close_reason: str | None = None
+    error: BaseException | None = None
+    bad_payload: bytes | None = None
+
+    def add_frame(self, payload: bytes) -> None:
+        events = orjson.loads(payload)
+        if events and all(isinstance(e, dict) and e.get("ev") == "status" for e in events):
+            self.statuses.extend(events)
+            return
+        self.frames.append(payload)
+        for piece in split_trades(payload):
+            trade = orjson.loads(piece)
+            self.trades.append(piece)
+            self.symbols.setdefault(trade["sym"], SymbolStats()).add(trade["q"], piece)
+
+    def ledger_view(self) -> dict[str, dict[str, int | None]]:
+        return {s: v.as_ledger() for s, v in sorted(self.symbols.items())}
+
+
+class FeedClient:
+    """connect, auth, subscribe; then ``collect`` frames into a ``Received``."""
+
+    def __init__(self, url: str, cafile: str | None, key: str = "test-key") -> None:
+        self.url = url
+        self.cafile = cafile
+        self.key = key
+        self.ws: ClientConnection | None = None
+        self.received = Received()
+
+    async def open(self, **kwargs: Any) -> FeedClient:
+        self.ws = await connect(self.url, ssl=client_ssl(self.cafile), max_size=None,
+                                compression=None, open_timeout=10, close_timeout=5, **kwargs)
+        return self
+
+    async def status(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next status message (a one-element array), as a dict."""
+        assert self.ws is not None
+        message = await asyncio.wait_for(self.ws.recv(), timeout)
+        events = json.loads(message)
+        assert len(events) == 1 and events[0]["ev"] == "status", message
+        self.received.statuses.append(events[0])
+        return events[0]
+
+    async def send(self, action: str, params: str) -> None:
+        assert self.ws is not None
+        await self.ws.send(json.dumps({"action": action, "params": params}))
+
+    async def login(self, subscribe: str | None = "T.*") -> None:
+        assert (await self.status())["status"] == "connected"
+        await self.send("auth", self.key)
+        assert (await self.status())["status"] == "auth_success"
+        if subscribe:
+            await self.send("subscribe", subscribe)
+            for topic in subscribe.split(","):
+                reply = await self.status()
+                assert reply == {"ev": "status", "status": "success",
+                                 "message": f"subscribed to: {topic}"}, reply
+
+    async def collect(self, until: Callable[[Received], bool] | None = None,
+                      timeout: float = 20.0) -> Received:
+        """Frames until ``until`` holds or the server closes; errors are kept, not raised."""
+        assert self.ws is not None
+        deadline = time.monotonic() + timeout
+        try:
+            while until is None or not until(self.received):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"collect: condition not met within {timeout:g}s")
+                message = await asyncio.wait_for(self.ws.recv(), left)
+                payload = message if isinstance(message, bytes) else message.encode()
+                if not payload.startswith(b"[") or not _is_json(payload):
+                    self.received.bad_payload = payload  # as a consumer would: drop the line
+                    await self.ws.close(1007, "payload is not a JSON array")
+                    return self.received
+                self.received.add_frame(payload)
+        except ConnectionClosed as exc:
+            self.received.close_code = exc.rcvd.code if exc.rcvd else None
+            self.received.close_reason = exc.rcvd.reason if exc.rcvd else None
+            self.received.error = exc
+        return self.received
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+
+async def wait_until(predicate: Callable[[], T], timeout: float, what: str,
+                     interval: float = 0.02) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def bounded(awaitable: Awaitable[T], timeout: float, what: str) -> T:
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise AssertionError(f"{what} did not happen within {timeout:g}s") from None
+
+
+def ledger_connection(ledger: dict[str, Any], connection_id: int) -> dict[str, Any]:
+    return next(c for c in ledger["connections"] if c["id"] == connection_id)
+
+
+def assert_prefix_of_received(ledger_symbols: dict[str, Any], received: Received) -> int:
+    """Each symbol's trades sent whole are the first ones the client received, byte for byte.
+
+    Returns how many trades the client received beyond those (frames the server could not
+    confirm: in flight when the connection ended)."""
+    extra = 0
+    for symbol, entry in ledger_symbols.items():
+        got = received.symbols.get(symbol)
+        assert got is not None and got.count >= entry["count"], (symbol, entry)
+        assert got.qs[0] == entry["first_q"], (symbol, entry, got.qs[:3])
+        assert got.qs[entry["count"] - 1] == entry["last_q"], (symbol, entry)
+        crc = 0
+        for payload in _payloads_of(received, symbol)[: entry["count"]]:
+            crc = zlib.crc32(payload, crc)
+        assert crc == entry["crc32"], (symbol, "crc32 differs")
+        extra += got.count - entry["count"]
+    extra += sum(s.count for name, s in received.symbols.items() if name not in ledger_symbols)
+    return extra
+
+
+def _payloads_of(received: Received, symbol: str) -> list[bytes]:
+    needle = b'"sym":"' + symbol.encode() + b'"'
+    return [p for p in received.trades if needle in p[:40]]
