@@ -6,23 +6,24 @@ the bytes exactly as received, in arrival order. Objects without ``sym`` are
 status events (handed back to the session) or counted as unroutable.
 
 Fast path, for Polygon's exact layout ``[{"ev":"T","sym":"...},{"ev":"T",...}]``:
-one ``bytes.split`` on ``},{"ev":"T","sym":"`` cuts the array into pieces that
-start with the symbol; a dict keyed by each piece's first bytes maps straight to
-the pipe's pending list, and the whole dispatch runs inside C iterators
-(``map``/``deque``) with no Python bytecode per trade. Batches are assembled by
-interleaving precomputed ``}`` + length + ``{"ev":"T","sym":"`` separators with the
-pieces and one ``b"".join`` per pipe.
+one ``bytes.split`` on ``},{"e`` cuts the array into one piece per object; a dict
+keyed by ``"sym":"`` plus the next 8 bytes of each piece maps straight to the pending
+list of the pipe that symbol hashes to, and the whole dispatch runs inside C
+iterators (``map``/``deque``) with no Python bytecode per trade. Batches are
+assembled by interleaving precomputed ``}`` + length + ``{"e`` separators with the
+pieces, one ``b"".join`` per pipe.
 
 Why the fast path is exact: it is taken only when the payload starts with
-``[{"ev":"T","sym":"``, ends with ``}]`` and holds exactly one ``{`` per piece. In
-valid JSON the ``{`` of every separator is structural (the ``"`` after it would
-end any string it sat in, leaving invalid JSON), so one ``{`` per piece means
-there are no other objects at all: every separator is a top-level boundary and
-every piece is one whole trade. Symbols containing a backslash escape, or too
+``[{"ev":"T","sym":"``, ends with ``}]`` and holds exactly one ``{`` per piece, and
+every piece has ``"sym":"`` at the fixed offset. In valid JSON the ``{`` of every
+split point is structural (the ``"`` after it would end any string it sat in,
+leaving invalid JSON), so one ``{`` per piece means there are no other objects at
+all: every split point is a top-level boundary and every piece one whole object,
+whose ``sym`` key sits where the key says. Symbols with a backslash escape, or too
 long for the cache key, are resolved exactly per piece; everything else (other
-layouts, other events, whitespace) goes through ``orjson`` and a string-aware
-scan for the objects' byte spans. The fast path checks structure, not the
-syntax of every number inside a trade (the C original checks neither).
+layouts, whitespace, nesting) goes through ``orjson`` and a string-aware scan for
+the objects' byte spans. The fast path checks structure, not the syntax of every
+number inside a trade (the C original checks neither).
 """
 
 from __future__ import annotations
@@ -34,16 +35,28 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+import numpy
 import orjson
 
 HEAD = b'{"ev":"T","sym":"'
 OPEN = b"[" + HEAD
-SEPARATOR = b"}," + HEAD
-HEAD_LEN = len(HEAD)
-FAST_OVERHEAD = 4 + HEAD_LEN + 1  # length prefix, head, closing brace
+# Split on 5 bytes, not the whole "},{" + HEAD: CPython 3.11's bytes.split re-runs the two-way
+# preprocessing of a needle of 6+ bytes at every occurrence in a large payload, which costs
+# more than the search itself; needles under 6 bytes take the plain skip search. The rest of
+# the head is checked through the cache key (see _KeyCache), so nothing is lost in rigour.
+SPLIT = b'},{"e'
+CUT = len(SPLIT) - 2  # bytes of the head that the split removes: '{"e'
+REST = HEAD[CUT:]  # 'v":"T","sym":"': how every piece starts in Polygon's layout
+FAST_OVERHEAD = 4 + CUT + 1  # length prefix, '{"e', closing brace
 SLOW_OVERHEAD = 4
 
-KEY_LEN = 8  # symbols of up to KEY_LEN - 1 bytes resolve from the cache key alone
+# The cache key: '"sym":"' and the next 8 bytes, so symbols of up to 7 bytes resolve from the
+# key alone. The 7 bytes before it ('v":"T",') need no check: in valid JSON whose objects are
+# all flat (see route), a '"' at that offset can only open the key "sym" of the object itself.
+SYM_KEY = b'"sym":"'
+KEY_START = REST.index(SYM_KEY)
+KEY_SYMBOL = KEY_START + len(SYM_KEY)  # offset of the symbol in a piece
+KEY_LEN = len(SYM_KEY) + 8
 CACHE_LIMIT = 1 << 20
 
 FNV_OFFSET = 0xCBF29CE484222325
@@ -51,7 +64,16 @@ FNV_PRIME = 0x100000001B3
 MASK64 = (1 << 64) - 1
 
 _pack_u32 = struct.Struct("<I").pack
-_key_of = itemgetter(slice(0, KEY_LEN))
+
+
+def _count_open_braces(payload: bytes) -> int:
+    """Number of ``{`` bytes: numpy's vectorised compare is ~4x cheaper than bytes.count here."""
+    return _count_nonzero(_frombuffer(payload, _uint8) == 0x7B)  # type: ignore[no-any-return]
+
+_key_of = itemgetter(slice(KEY_START, KEY_START + KEY_LEN))
+_count_nonzero = numpy.count_nonzero
+_frombuffer = numpy.frombuffer
+_uint8 = numpy.uint8
 _consume = deque(maxlen=0).extend
 
 
@@ -72,19 +94,19 @@ class RouterError(Exception):
 
 
 class _Separators(dict[int, bytes]):
-    """piece length -> ``}`` + u32 length + head: the bytes between two fast-path pieces."""
+    """piece length -> ``}`` + u32 length + ``{"e``: the bytes between two fast-path pieces."""
 
     def __missing__(self, n: int) -> bytes:
-        value = b"}" + _pack_u32(n + HEAD_LEN + 1) + HEAD
+        value = b"}" + _pack_u32(n + CUT + 1) + HEAD[:CUT]
         self[n] = value
         return value
 
 
 class _Firsts(dict[int, bytes]):
-    """piece length -> u32 length + head: the bytes before a batch's first piece."""
+    """piece length -> u32 length + ``{"e``: the bytes before a batch's first piece."""
 
     def __missing__(self, n: int) -> bytes:
-        value = _pack_u32(n + HEAD_LEN + 1) + HEAD
+        value = _pack_u32(n + CUT + 1) + HEAD[:CUT]
         self[n] = value
         return value
 
@@ -120,11 +142,12 @@ class _KeyCache(dict[bytes, list[bytes]]):
         self._unresolved = unresolved
 
     def __missing__(self, key: bytes) -> list[bytes]:
-        end = key.find(b'"')
-        if end < 0 or b"\\" in key[:end]:
-            target = self._unresolved  # long symbol, escape, or no closing quote: resolve per piece
+        start = len(SYM_KEY)
+        end = key.find(b'"', start)
+        if not key.startswith(SYM_KEY) or end < 0 or b"\\" in key[start:end]:
+            target = self._unresolved  # other layout, long symbol, escape: resolve per piece
         else:
-            target = self._pending[pipe_for(key[:end], len(self._pending))]
+            target = self._pending[pipe_for(key[start:end], len(self._pending))]
         if len(self) >= CACHE_LIMIT:
             self.clear()
         self[key] = target
@@ -153,9 +176,9 @@ class Router:
     def route(self, payload: bytes, result: RouteResult) -> None:
         """Route one data message. Raises RouterError if it is not a JSON array of objects."""
         if payload.startswith(OPEN) and payload.endswith(b"}]"):
-            pieces = payload.split(SEPARATOR)
-            if payload.count(b"{") == len(pieces):
-                pieces[0] = pieces[0][len(OPEN) :]
+            pieces = payload.split(SPLIT)
+            if _count_open_braces(payload) == len(pieces):
+                pieces[0] = pieces[0][1 + CUT :]
                 pieces[-1] = pieces[-1][:-2]
                 _consume(map(list.append, map(self._cache.__getitem__, map(_key_of, pieces)), pieces))
                 if self._unresolved:
@@ -174,11 +197,11 @@ class Router:
                 pending.pop()
         targets = []
         for piece in pieces:
-            end = piece.find(b'"')
-            if end < 0 or b"\\" in piece[:end]:
+            end = piece.find(b'"', KEY_SYMBOL)
+            if piece[KEY_START:KEY_SYMBOL] != SYM_KEY or end < 0 or b"\\" in piece[KEY_SYMBOL:end]:
                 self._route_slow(payload, result)
                 return
-            targets.append(self._pending[self._pipe(piece[:end])])
+            targets.append(self._pending[self._pipe(piece[KEY_SYMBOL:end])])
         for target, piece in zip(targets, pieces, strict=True):
             target.append(piece)
         self.trades += len(pieces)

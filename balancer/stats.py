@@ -35,6 +35,7 @@ class Stats:
     messages: int = 0
     frames: int = 0
     bytes: int = 0
+    reads: int = 0  # read callbacks that got data (bytes / reads = average read)
     connects: int = 0
     reconnects: int = 0
     disconnects: Counter[str] = field(default_factory=Counter)

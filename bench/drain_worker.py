@@ -1,0 +1,64 @@
+"""Benchmark worker: drains every pipe with large reads, counts bytes, and says when it has
+seen ``--expect`` bytes in all (one line on the --notify FIFO), so the benchmark samples
+lb's CPU at the last byte. With --latency it also finds the send stamps that
+``simulate --stamp-ids`` puts in each trade's "i" field and records receive - send."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import time
+
+STAMP = b'"i":"'
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--expect", type=int, default=0, help="bytes in all pipes after which to notify")
+    p.add_argument("--notify", help="FIFO to write one line to once --expect bytes arrived")
+    p.add_argument("--latency", help="write latency samples (ns, JSON list) here at EOF")
+    p.add_argument("fds", nargs="+", type=int)
+    args = p.parse_args(argv)
+    selector = selectors.DefaultSelector()
+    for fd in args.fds:
+        selector.register(fd, selectors.EVENT_READ)
+    buf = bytearray(4 << 20)
+    view = memoryview(buf)
+    total = 0
+    notified = not args.expect
+    samples: list[int] = []
+    last_stamp = b""
+    clock = time.monotonic_ns
+    while selector.get_map():
+        for key, _ in selector.select():
+            n = os.readv(key.fd, [view])
+            if not n:
+                selector.unregister(key.fd)
+                continue
+            total += n
+            if args.latency:
+                now = clock()
+                data = bytes(view[:n])
+                pos = data.find(STAMP)
+                while pos >= 0:
+                    end = data.find(b'"', pos + 5)
+                    if end < 0:
+                        break
+                    stamp = data[pos + 5 : end]
+                    if stamp != last_stamp and stamp.isdigit() and len(stamp) > 12:
+                        last_stamp = stamp  # one sample per frame: its trades share a stamp
+                        samples.append(now - int(stamp))
+                    pos = data.find(STAMP, end)
+            if not notified and total >= args.expect:
+                notified = True
+                with open(args.notify, "w") as f:
+                    f.write(f"{total}\n")
+    if args.latency:
+        with open(args.latency, "w") as f:
+            json.dump(samples, f)
+
+
+if __name__ == "__main__":
+    main()
