@@ -69,7 +69,7 @@ class FaultInjector:
         if not targets:
             self.app.ledger.fault(kind, None, "no live connection")
         if self.settings.refuse_for:
-            self._spawn(self.app.listener.refuse(self.settings.refuse_for))
+            self.app.listener.refuse(self.settings.refuse_for)
         for client in targets:
             self._spawn(self.inject(client, kind))
 

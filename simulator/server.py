@@ -54,7 +54,9 @@ class Listener:
         self.app = app
         self.port = app.settings.port
         self.server: Server | None = None
-        self.open_event = asyncio.Event()
+        self.servers: list[Server] = []  # every one ever opened: they own their handler tasks
+        self.closed_until = 0.0
+        self.reopener: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         host = self.app.settings.host
@@ -67,17 +69,25 @@ class Listener:
             close_timeout=self.app.settings.close_timeout, max_size=2**20,
             write_limit=self.app.settings.write_limit, create_connection=SimConnection,
             server_header=None)
-        self.open_event.set()
+        self.servers.append(self.server)
 
     def close(self) -> None:
         if self.server is not None:
             self.server.server.close()  # stop accepting; open connections live on
             self.server = None
-        self.open_event.clear()
 
-    async def refuse(self, seconds: float) -> None:
+    def refuse(self, seconds: float) -> None:
+        """Close the port now and reopen it ``seconds`` after the last call (outages merge)."""
+        loop = asyncio.get_running_loop()
+        self.closed_until = max(self.closed_until, loop.time() + seconds)
         self.close()
-        await asyncio.sleep(seconds)
+        if self.reopener is None or self.reopener.done():
+            self.reopener = loop.create_task(self._reopen())
+
+    async def _reopen(self) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < self.closed_until:
+            await asyncio.sleep(self.closed_until - loop.time())
         while not self.app.stopping.is_set():
             try:
                 await self.open()
@@ -86,6 +96,11 @@ class Listener:
             except OSError as exc:
                 self.app.log(f"cannot reopen port {self.port} yet: {exc}")
                 await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self.close()
+        if self.reopener is not None:
+            self.reopener.cancel()
 
 
 class Simulator:
@@ -185,7 +200,7 @@ class Simulator:
         self.request_stop(signal.Signals(sig).name)
 
     async def shutdown(self) -> None:
-        self.listener.close()
+        self.listener.stop()
         handlers = [c.handler for c in self.clients.values() if c.handler is not None]
         await asyncio.gather(*(self.close_for_shutdown(c) for c in list(self.clients.values())),
                              return_exceptions=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -106,8 +108,11 @@ class FeedClient:
         self.received = Received()
 
     async def open(self, **kwargs: Any) -> FeedClient:
-        self.ws = await connect(self.url, ssl=client_ssl(self.cafile), max_size=None,
-                                compression=None, open_timeout=10, close_timeout=5, **kwargs)
+        # max_queue=None: a test that stops reading must not pause the socket, or a close
+        # over TLS would wait for its timeout (the close frame sits behind unread data)
+        options: dict[str, Any] = {"max_size": None, "max_queue": None, "compression": None,
+                                   "open_timeout": 10, "close_timeout": 5} | kwargs
+        self.ws = await connect(self.url, ssl=client_ssl(self.cafile), **options)
         return self
 
     async def status(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -208,3 +213,106 @@ def assert_prefix_of_received(ledger_symbols: dict[str, Any], received: Received
 def _payloads_of(received: Received, symbol: str) -> list[bytes]:
     needle = b'"sym":"' + symbol.encode() + b'"'
     return [p for p in received.trades if needle in p[:40]]
+
+
+class RawClient:
+    """A websocket client on a bare socket, to see what a library would hide: how the TLS
+    stream ended (close_notify, a bare TCP close, a reset), a frame cut short, a missing pong."""
+
+    def __init__(self, url: str, cafile: str | None, key: str = "test-key") -> None:
+        parts = urlsplit(url)
+        raw = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        self.tls = parts.scheme == "wss"
+        if self.tls:
+            context = ssl.create_default_context(cafile=cafile)
+            self.sock: socket.socket = context.wrap_socket(
+                raw, server_hostname=parts.hostname, suppress_ragged_eofs=False)
+        else:
+            self.sock = raw
+        self.key = key
+        self.data = bytearray()
+        upgrade = (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n")
+        self.sock.sendall(upgrade.encode())
+        while b"\r\n\r\n" not in self.data:
+            chunk = self.sock.recv(4096)
+            assert chunk, "closed during the upgrade"
+            self.data += chunk
+        head, _, rest = bytes(self.data).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.data = bytearray(rest)
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert len(payload) < 126
+        self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.send_frame(0x1, json.dumps(message).encode())
+
+    def login(self, subscribe: str = "T.*") -> None:
+        self.send_json({"action": "auth", "params": self.key})
+        self.send_json({"action": "subscribe", "params": subscribe})
+        self.read_until(lambda frames: any(b"subscribed to" in p for _, p in frames), 10)
+
+    def frames(self) -> tuple[list[tuple[int, bytes]], int, int]:
+        """Complete frames so far, and of the incomplete last one: (bytes held, bytes needed)."""
+        frames, data, i = [], bytes(self.data), 0
+        while True:
+            header = parse_frame_header(data, i)
+            if header is None:
+                return frames, len(data) - i, -1
+            opcode, start, length = header
+            if start + length > len(data):
+                return frames, len(data) - start, length
+            frames.append((opcode, data[start:start + length]))
+            i = start + length
+
+    def read_until(self, done: Callable[[list[tuple[int, bytes]]], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self.frames()[0]):
+            assert time.monotonic() < deadline, "read_until: timed out"
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = self.sock.recv(1 << 16)
+            assert chunk, "closed while waiting"
+            self.data += chunk
+
+    def read_to_end(self, timeout: float) -> str:
+        """Read until the stream ends; returns how: ``close_notify`` (a clean TLS close),
+        ``eof`` (TCP closed with no TLS close), ``reset``, or ``open`` (still open at timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                return "open"
+            except ssl.SSLEOFError:
+                return "eof"
+            except ConnectionResetError:
+                return "reset"
+            if not chunk:
+                return "close_notify" if self.tls else "eof"
+            self.data += chunk
+        return "open"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parse_frame_header(data: bytes, i: int) -> tuple[int, int, int] | None:
+    """(opcode, payload start, payload length) of a server frame at ``data[i:]``, if whole."""
+    if len(data) - i < 2:
+        return None
+    length, start = data[i + 1] & 0x7F, i + 2
+    if length == 126:
+        if len(data) - i < 4:
+            return None
+        length, start = int.from_bytes(data[i + 2:i + 4], "big"), i + 4
+    elif length == 127:
+        if len(data) - i < 10:
+            return None
+        length, start = int.from_bytes(data[i + 2:i + 10], "big"), i + 10
+    return data[i] & 0x0F, start, length
