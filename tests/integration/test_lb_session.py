@@ -60,9 +60,12 @@ async def test_wrong_ca_is_refused_and_retried_with_backoff(tmp_path, dump_worke
     ctx, _, other_ca = tls_files
     async with PolyServer(ssl_context=ctx) as server:
         lb = LbProcess(server.url("localhost"), 2, str(tmp_path), dump_worker,
-                       options=[*FAST, "--cafile", other_ca, "--tls", "userspace"]).start(wait_ready=None)
-        stats = await async_wait_for(lambda: lb.stats().get("disconnects", {}).get("tls", 0) >= 3 and lb.stats(),
-                                     20, "three refused TLS handshakes")
+                       options=[*FAST, "--cafile", other_ca, "--tls", "userspace"])
+        lb.start(wait_ready=None)
+        def refused_thrice():
+            stats = lb.stats()
+            return stats.get("disconnects", {}).get("tls", 0) >= 3 and stats
+        stats = await async_wait_for(refused_thrice, 20, "three refused TLS handshakes")
         assert server.count == 0 and stats["trades"] == 0
         assert "certificate verification failed" in lb.log()
         assert await stop(lb) == 0
@@ -104,7 +107,7 @@ async def test_reconnects_after_reset_and_close_without_losing_delivered_data(tm
         for frame in feed.frames(5, 100):
             await conn.send_text(frame)
         await wait_delivered(str(tmp_path), feed)
-        stats = lb.stats()
+        lb.stats()
         assert await stop(lb) == 0
     final = lb.stats()
     assert final["trades"] == feed.trades
@@ -163,7 +166,8 @@ async def test_answers_pings_with_the_same_payload(tmp_path, dump_worker):
 async def test_half_open_connection_is_detected(tmp_path, dump_worker):
     async with PolyServer() as server:
         lb = LbProcess(server.url(), 2, str(tmp_path), dump_worker,
-                       options=[*FAST, "--ping-interval", "0.5", "--ping-timeout", "0.5"]).start(wait_ready=None)
+                       options=[*FAST, "--ping-interval", "0.5", "--ping-timeout", "0.5"])
+        lb.start(wait_ready=None)
         conn = await server.next_connection()
         conn.answer_pings = False  # the peer is gone but TCP is still open: silence
         ping = await conn.wait_frame(0x9, timeout=5)
@@ -179,7 +183,8 @@ async def test_half_open_connection_is_detected(tmp_path, dump_worker):
 async def test_pings_answered_keep_the_connection(tmp_path, dump_worker):
     async with PolyServer() as server:
         lb = LbProcess(server.url(), 2, str(tmp_path), dump_worker,
-                       options=[*FAST, "--ping-interval", "0.3", "--ping-timeout", "0.5"]).start(wait_ready=None)
+                       options=[*FAST, "--ping-interval", "0.3", "--ping-timeout", "0.5"])
+        lb.start(wait_ready=None)
         await server.next_connection()
         await async_wait_for(lambda: lb.stats().get("pongs", 0) >= 3, 10, "three pongs")
         assert server.count == 1

@@ -93,6 +93,7 @@ def test_missing_executable_is_refused_before_connecting(tmp_path):
     lb = LbProcess("ws://127.0.0.1:9/stocks", 2, str(tmp_path), ["./no-such-worker"]).start(wait_ready=None)
     assert lb.wait(10) == 2
     assert "not found" in lb.log()
-    lb2 = LbProcess("ws://127.0.0.1:9/stocks", 2, str(tmp_path / "missing"), ["/bin/cat"]).start(wait_ready=None)
+    lb2 = LbProcess("ws://127.0.0.1:9/stocks", 2, str(tmp_path / "missing"), ["/bin/cat"])
+    lb2.start(wait_ready=None)
     assert lb2.wait(10) == 2
     assert "WORKDIR" in lb2.log()
