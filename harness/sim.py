@@ -10,6 +10,7 @@ and a bounded wait (SIGKILL and an error past it).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -21,6 +22,14 @@ import time
 from typing import IO, Any
 
 DEFAULT_START_TIMEOUT = 30.0
+_OWN_WORKDIRS: set[str] = set()
+
+
+@atexit.register
+def _remove_workdirs() -> None:
+    # kept until exit so that the ledger and log stay readable after the process has ended
+    for path in _OWN_WORKDIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class SimulatorError(AssertionError):
@@ -44,6 +53,8 @@ class SimProcess:
                  workdir: str | None = None) -> None:
         self.workdir = workdir or tempfile.mkdtemp(prefix="simulate-")
         self._own_workdir = workdir is None
+        if self._own_workdir:
+            _OWN_WORKDIRS.add(self.workdir)
         self.ready_file = os.path.join(self.workdir, "ready.json")
         self.ledger_file = os.path.join(self.workdir, "ledger.json") if ledger else None
         self.stderr_file = os.path.join(self.workdir, "stderr.log")

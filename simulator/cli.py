@@ -246,9 +246,11 @@ def serve(settings: Settings) -> int:
             return 2
         cafile = files.cafile
     if settings.replay is not None:
-        try:
+        try:  # a malformed start of file is reported before listening
             probe = ReplaySource(settings.replay, file_format=settings.replay_format)
-            probe.next_batch(1000)  # report a malformed file before listening
+            read = 0
+            while read < 1000 and (batch := probe.next_batch(1000 - read)) is not None:
+                read += batch.count
         except (OSError, ReplayError) as exc:
             print(f"simulate: {exc}", file=sys.stderr)
             return 2

@@ -139,4 +139,4 @@ class FrameClock:
             seconds = frame * self.batch / NOMINAL_MAX_RATE
         else:
             seconds = self.due_at(frame)
-        return self.clock_start_ms + int(seconds * 1000)
+        return self.clock_start_ms + math.floor(seconds * 1000 + 1e-6)  # 1.001 s is 1001 ms

@@ -180,6 +180,7 @@ class ReplaySource:
         self._first_t: int | None = None
         self._laps = self._trades()
         self._next: ReplayTrade | None = None
+        self._error: ReplayError | None = None  # raised once the trades before it are out
         self.exhausted = False
         self.trades_made = 0
 
@@ -205,9 +206,16 @@ class ReplaySource:
             self.lap += 1
 
     def peek_t(self) -> int | None:
-        """The next trade's ``t`` as it will be sent, or None at the end of the file."""
+        """The next trade's ``t`` as it will be sent, or None at the end of the file; raises
+        ``ReplayError`` at a malformed line."""
         if self._next is None:
-            self._next = next(self._laps, None)
+            if self._error is not None:
+                raise self._error
+            try:
+                self._next = next(self._laps, None)
+            except ReplayError as exc:
+                self._error = exc
+                raise
             if self._next is None:
                 self.exhausted = True
                 return None
@@ -225,7 +233,12 @@ class ReplaySource:
         payloads: list[bytes] = []
         qs: list[int] = []
         while len(payloads) < count:
-            t = self.peek_t()
+            try:
+                t = self.peek_t()
+            except ReplayError:
+                if payloads:
+                    break  # send what was read before the bad line; the error comes next call
+                raise
             if t is None or (until_t is not None and t > until_t):
                 break
             trade = self._take()

@@ -212,7 +212,7 @@ class Simulator:
         self.log(self.summary(), always=True)
 
     async def close_for_shutdown(self, client: Client) -> None:
-        if client.faulted:
+        if client.faulted or client.closing:  # nothing more for it: no need to wait on its peer
             client.transport.abort()
             return
         client.end_reason = client.end_reason or "server_shutdown"

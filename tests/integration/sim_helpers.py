@@ -167,6 +167,16 @@ class FeedClient:
             await self.ws.close()
 
 
+async def stop_while_collecting(sim: Any, client: FeedClient) -> Received:
+    """SIGTERM the simulator while the client reads on: the server confirms every frame
+    before its close, so the client ends up with exactly what the ledger says was sent."""
+    reading = asyncio.ensure_future(client.collect(timeout=30))
+    code = await asyncio.to_thread(sim.stop)
+    received = await bounded(reading, 30, "the server's close")
+    assert code == 0 and received.close_code == 1001, (code, received.close_code)
+    return received
+
+
 async def wait_until(predicate: Callable[[], T], timeout: float, what: str,
                      interval: float = 0.02) -> T:
     deadline = time.monotonic() + timeout

@@ -174,7 +174,7 @@ async def test_refuse_for_keeps_the_port_closed_after_a_drop() -> None:
         await bounded(second.open(), 10, "a new connection")
         await second.login()
         await second.close()
-    assert "port %d open again" % sim.port in sim.log()
+    assert f"port {sim.port} open again" in sim.log()
 
 
 async def test_random_draws_a_kind_per_drop_from_the_seed() -> None:

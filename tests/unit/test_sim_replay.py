@@ -136,3 +136,14 @@ def test_stamped_replay_puts_the_stamp_in_i(tmp_path: Path) -> None:
     events = orjson.loads(batch.render(b"4242"))
     assert [e["i"] for e in events] == ["4242", "4242"]
     assert all(b'"i":"4242"' in p for p in batch.trades().payloads)
+
+
+def test_trades_before_a_bad_line_still_come_out(tmp_path: Path) -> None:
+    path = write(tmp_path / "rec.jsonl", jsonl([TRADE], [dict(TRADE, q=2)]) + "oops\n")
+    source = ReplaySource(path)
+    batch = source.next_batch(10)
+    assert batch is not None and batch.count == 2
+    with pytest.raises(ReplayError, match=r"rec.jsonl:3: not JSON"):
+        source.next_batch(10)
+    with pytest.raises(ReplayError, match=r"rec.jsonl:3"):
+        source.peek_t()
