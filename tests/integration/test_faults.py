@@ -8,6 +8,7 @@ the worker was never restarted; lb's stats counted the fault.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -93,7 +94,7 @@ def test_fault(kind, tmp_path):
     assert report["messages"] == totals["trades_sent"]
 
     # reconnects within the bound, counted by cause, worker untouched
-    for before, after in zip(connections, connections[1:], strict=False):
+    for before, after in itertools.pairwise(connections):
         gap = after["start"] - before["end"]
         assert gap <= case.reconnect_bound, f"reconnect took {gap:.2f} s after {before['end_reason']}"
     counted = sum(n for cause, n in stats["disconnects"].items() if cause in case.causes)
