@@ -142,7 +142,7 @@ def measure(transport: str, trades: int, batch: int, ledger: bool,
             seed: int = 1) -> dict[str, float]:
     """One run: the simulator's CPU per trade and the client's trades/s."""
     args = ["--rate", "max", "--batch", str(batch), "--trades", str(trades), "--seed", str(seed),
-            "--stats-interval", "0", "-q", "--ping-interval", "0"]
+            "--stats-interval", "0", "-q", "--ping-interval", "0", "--drain-timeout", "30s"]
     if transport == "ws":
         args.append("--no-tls")
     with SimProcess(args, ledger=ledger) as sim:
@@ -154,9 +154,9 @@ def measure(transport: str, trades: int, batch: int, ledger: bool,
         client.sock.close()
         sim.wait(60)
         if ledger:
-            sent = sim.ledger()["totals"]["trades_sent"]
-            if sent != trades:
-                raise AssertionError(f"the ledger says {sent} trades were sent whole, not {trades}")
+            totals = sim.ledger()["totals"]
+            if totals["trades_sent"] != trades:
+                raise AssertionError(f"the ledger says {totals} for {trades} trades:\n{sim.log()}")
     cpu_per_trade = (cpu[1] - cpu[0]) / trades
     return {"cpu_us_per_trade": cpu_per_trade * 1e6,
             "core_trades_per_s": 1 / cpu_per_trade if cpu_per_trade else float("inf"),

@@ -22,7 +22,7 @@ from simulator.batches import Batch, TradeListBatch, select
 from simulator.ledger import ConnectionRecord, RunLedger
 from simulator.protocol import PolygonSession
 
-CONFIRM_INTERVAL = 0.002  # seconds between acknowledgement checks while frames are in flight
+CONFIRM_INTERVAL = 0.005  # seconds between acknowledgement checks while frames are in flight
 
 
 class SimConnection(ServerConnection):
@@ -78,7 +78,7 @@ class Client:
         self.loop = asyncio.get_running_loop()
         self.written = 0  # bytes of data frames handed to the transport
         self.pending: deque[tuple[int, Batch]] = deque()  # (end offset, batch) not yet confirmed
-        self.last_check = 0.0
+        self.checker: asyncio.TimerHandle | None = None
         self.faulted: str | None = None
         self.end_reason: str | None = None
         self.closing = False
@@ -125,15 +125,23 @@ class Client:
             size += len(chunk)
         self.written += size
         self.pending.append((self.written, batch))
+        if self.checker is None:
+            self.checker = self.loop.call_later(CONFIRM_INTERVAL, self._check)
         return size
+
+    def _check(self) -> None:
+        """While frames are in flight, look every few milliseconds at what has arrived, so
+        that an abrupt end leaves only the last moments unconfirmed."""
+        self.checker = None
+        self.confirm()
+        if self.pending:
+            self.checker = self.loop.call_later(CONFIRM_INTERVAL, self._check)
 
     def send(self, batch: Batch, payload: bytes) -> bool:
         """Send this client its part of a batch; False once it can take no more frames."""
         frame = self.frame_for(batch, payload)
         if frame is not None:
             self.write_frame(*frame)
-        if self.pending and self.loop.time() - self.last_check >= CONFIRM_INTERVAL:
-            self.confirm()
         return not self.closing
 
     @property
@@ -146,7 +154,6 @@ class Client:
 
     def confirm(self) -> None:
         """Account the frames the peer has acknowledged entirely."""
-        self.last_check = self.loop.time()
         if not self.pending:
             return
         unconfirmed = netio.unconfirmed(self.transport, self.sock)
@@ -172,6 +179,9 @@ class Client:
 
     def finish(self) -> None:
         """The connection is over: what was never confirmed counts as partial."""
+        if self.checker is not None:
+            self.checker.cancel()
+            self.checker = None
         self.confirm()
         while self.pending:
             self.ledger.partial(self.record, self.pending.popleft()[1].count)

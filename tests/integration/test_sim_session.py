@@ -183,3 +183,20 @@ async def test_the_server_pings_and_a_silent_client_is_closed_1011() -> None:
         assert ws.close_code == 1011
         record = ledger_connection(ended_ledger(sim, 1), 1)
     assert record["end_reason"] == "error:keepalive ping timeout"
+
+
+async def test_frames_acknowledged_before_an_abrupt_end_count_as_sent_whole() -> None:
+    with SimProcess(BASE) as sim:
+        client = await FeedClient(sim.url, sim.cafile).open()
+        await client.login("T.SPY")
+        await client.collect(lambda r: len(r.trades) >= 50, 10)
+        await client.send("unsubscribe", "T.SPY")
+        done = {"ev": "status", "status": "success", "message": "unsubscribed to: T.SPY"}
+        received = await client.collect(lambda r: done in r.statuses, 10)
+        await asyncio.sleep(0.1)  # acknowledged long before the connection ends
+        assert client.ws is not None
+        client.ws.transport.abort()  # no close frame: the server learns nothing more
+        record = ledger_connection(await asyncio.to_thread(ended_ledger, sim, 1), 1)
+    assert record["end_reason"].startswith("error:connection lost")
+    assert (record["trades_sent"], record["trades_partial"]) == (len(received.trades), 0)
+    assert record["symbols"] == received.ledger_view()
