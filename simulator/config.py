@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 FAULT_KINDS = ("reset", "close", "stall", "tls-close", "truncate", "garbage", "badjson")
@@ -61,7 +61,6 @@ class Settings:
     quiet: bool = False
     max_lag: float = 1.0
     write_limit: int = 1 << 20
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The settings as the ledger records them (JSON-friendly, no API keys)."""

@@ -30,6 +30,21 @@ class FeedStats:
     lag: float = 0.0  # seconds behind schedule at the last frame
     lag_resets: int = 0
     dropped_lag: float = 0.0  # seconds of backlog given up
+    first_frame: float | None = None  # time.time() of the first and the last frame sent
+    last_frame: float | None = None
+
+    def rate(self) -> float:
+        """Trades per second between the first frame and the last."""
+        if self.first_frame is None or self.last_frame is None:
+            return 0.0
+        seconds = self.last_frame - self.first_frame
+        return self.trades / seconds if seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {"trades": self.trades, "frames": self.frames, "bytes": self.bytes,
+                "first_frame": self.first_frame, "last_frame": self.last_frame,
+                "trades_per_s": round(self.rate(), 1), "lag_resets": self.lag_resets,
+                "backlog_given_up_s": round(self.dropped_lag, 3)}
 
 
 class Feed:
@@ -186,6 +201,9 @@ class Feed:
         stats.trades += batch.count
         stats.frames += 1
         stats.bytes += len(payload)
+        stats.last_frame = time.time()
+        if stats.first_frame is None:
+            stats.first_frame = stats.last_frame
         if self.trades_limit is not None and stats.trades >= self.trades_limit:
             self._end("trades")
 
@@ -197,8 +215,6 @@ class Feed:
             return
         while blocked:
             await self._sleep(0.05)  # woken early by a client's buffer draining
-            for client in self.clients:
-                client.confirm()
             blocked = [c for c in self.clients if not c.writable]
 
     def stop(self) -> None:

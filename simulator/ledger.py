@@ -121,6 +121,7 @@ class RunLedger:
         self.ended: float | None = None
         self.connections: list[ConnectionRecord] = []
         self.faults: list[FaultEvent] = []
+        self.feed: dict[str, Any] = {}  # the feed's own counters (frames made, pace)
         self._folded = SymbolBook()
         self._folded_count = 0
 
@@ -172,7 +173,7 @@ class RunLedger:
         return {
             "version": LEDGER_VERSION, "seed": self.seed,
             "started": self.started, "ended": self.ended, "settings": self.settings,
-            "totals": self.totals(), "symbols": self.symbols().to_json(),
+            "totals": self.totals(), "feed": self.feed, "symbols": self.symbols().to_json(),
             "connections": [c.to_json() for c in self.connections],
             "fault_log": [{"time": f.time, "kind": f.kind, "connection": f.connection,
                            "detail": f.detail} for f in self.faults],

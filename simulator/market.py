@@ -284,7 +284,6 @@ class SyntheticMarket:
         self.batch = batch
         self.blocks = [self._block(start, batch) for start in range(0, size, batch)]
         self.position = 0  # blocks handed out so far
-        self.trades_made = 0
 
     def _q_tables(self) -> tuple[list[int], list[int]]:
         seen = [0] * len(self.names)
@@ -307,5 +306,4 @@ class SyntheticMarket:
         block = self.blocks[index]
         if count is not None and count < block.count:
             block = self._block(index * self.batch, count)
-        self.trades_made += block.count
         return SyntheticBatch(block, lap, t_ms, self.layout)

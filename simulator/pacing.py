@@ -27,10 +27,6 @@ class Schedule(Protocol):
         """The market time at which ``trades`` trades are due (the inverse)."""
         ...
 
-    @property
-    def peak_rate(self) -> float:
-        ...
-
 
 @dataclass(frozen=True)
 class ConstantRate:
@@ -41,10 +37,6 @@ class ConstantRate:
 
     def time_of(self, trades: float) -> float:
         return trades / self.rate
-
-    @property
-    def peak_rate(self) -> float:
-        return self.rate
 
 
 @dataclass(frozen=True)
@@ -58,10 +50,6 @@ class OpenProfile:
     rate: float
     period: float = 60.0
     base_share: float = 0.02
-
-    @property
-    def peak_rate(self) -> float:
-        return self.rate
 
     @property
     def _phases(self) -> tuple[float, float, float, float, float]:
@@ -128,11 +116,6 @@ class FrameClock:
         if self.schedule is None:
             return 0.0
         return self.schedule.time_of((frame + 1) * self.batch)
-
-    def frames_due(self, elapsed: float) -> int:
-        if self.schedule is None:
-            raise ValueError("without pacing every frame is due at once")
-        return int(self.schedule.trades_due(elapsed) // self.batch)
 
     def t_ms(self, frame: int) -> int:
         if self.schedule is None:

@@ -20,9 +20,6 @@ import orjson
 
 from simulator.batches import TradeListBatch, Trades
 
-CSV_COLUMNS = ("ticker", "conditions", "correction", "exchange", "id", "participant_timestamp",
-               "price", "sequence_number", "sip_timestamp", "size", "tape", "trf_id",
-               "trf_timestamp")
 _REQUIRED_CSV = ("ticker", "exchange", "price", "sequence_number", "sip_timestamp", "size")
 _JSON_NUMBER = re.compile(rb"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -182,7 +179,6 @@ class ReplaySource:
         self._next: ReplayTrade | None = None
         self._error: ReplayError | None = None  # raised once the trades before it are out
         self.exhausted = False
-        self.trades_made = 0
 
     def _read(self) -> Iterator[ReplayTrade]:
         return read_csv(self.path) if self.format == "csv" else read_jsonl(self.path)
@@ -254,5 +250,4 @@ class ReplaySource:
             qs.append(q)
         if not payloads:
             return None
-        self.trades_made += len(payloads)
         return TradeListBatch(Trades(symbols, payloads, qs))

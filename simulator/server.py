@@ -222,16 +222,18 @@ class Simulator:
         totals = self.ledger.totals()
         seconds = time.time() - self.ledger.started
         stats = self.feed.stats
-        rate = stats.trades / max(seconds, 1e-9)
+        rate = stats.rate()
         faults = ", ".join(f"{k}={n}" for k, n in sorted(totals["faults"].items())) or "none"
         ledger = f"; ledger {self.settings.ledger}" if self.settings.ledger else ""
         return (f"done ({self.end_reason}) after {seconds:.1f}s: {stats.trades} trades in "
-                f"{stats.frames} frames ({format_rate(rate)}), {totals['trades_sent']} sent whole "
+                f"{stats.frames} frames ({format_rate(rate)} while sending), "
+                f"{totals['trades_sent']} sent whole "
                 f"and {totals['trades_partial']} partial over {totals['connections']} "
                 f"connection(s); faults: {faults}{ledger}")
 
     def write_ledger(self) -> None:
         if self.settings.ledger:
+            self.ledger.feed = self.feed.stats.to_json()
             self.ledger.write(self.settings.ledger)
 
     async def stats_loop(self) -> None:

@@ -12,15 +12,12 @@ _DURATION_RE = re.compile(_NUMBER + r"\s*(ms|s|m|min|h)?$")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _SPEED_RE = re.compile(_NUMBER + r"\s*[xX]?$")
 
-MAX_RATE = None
-"""``--rate max``: no pacing at all; frames go out as fast as the client reads them."""
-
-
 def parse_rate(text: str) -> float | None:
-    """``500k/s``, ``2M/s``, ``1000/s``, ``1500`` -> trades per second; ``max`` -> None."""
+    """``500k/s``, ``2M/s``, ``1000/s``, ``1500`` -> trades per second; ``max`` -> None (no
+    pacing: frames go out as fast as the client reads them)."""
     value = text.strip()
     if value.lower() == "max":
-        return MAX_RATE
+        return None
     match = _RATE_RE.match(value)
     if not match:
         raise ValueError(f"bad rate {text!r}: expected e.g. 500k/s, 2M/s, 1000/s or max")
