@@ -320,19 +320,17 @@ class Simulator:
             self.feed.update(client)
 
     def enforce_limit(self, newcomer: Client) -> None:
+        """Evict the oldest connections with the newcomer's key beyond --max-connections."""
         same = [c for c in self.clients.values() if c is not newcomer and not c.closing
-                and c.session.key == newcomer.session.key and c.end_reason != "evicted"]
+                and not c.faulted and c.session.key == newcomer.session.key]
         excess = len(same) + 1 - self.settings.max_connections
         for old in same[:max(0, excess)]:
+            old.end_reason = "evicted"
+            old.closing = True  # marked at once, so that a second newcomer does not pick it
+            self.feed.remove(old)
             asyncio.get_running_loop().create_task(self.evict(old))
 
     async def evict(self, client: Client) -> None:
-        if client.faulted:
-            client.transport.close()  # already dead to the peer: nothing more to tell it
-            return
-        client.end_reason = "evicted"
-        client.closing = True
-        self.feed.remove(client)
         await client.drain(self.settings.drain_timeout)
         try:
             await client.send_statuses([protocol.MAX_CONNECTIONS])

@@ -4,8 +4,11 @@ at the end of --trades / --duration / SIGTERM; and a seeded run repeating byte f
 from __future__ import annotations
 
 import asyncio
+import signal
 import zlib
 from typing import Any
+
+import pytest
 
 from harness.sim import SimProcess
 from tests.integration.sim_helpers import FeedClient, Received, bounded
@@ -69,14 +72,15 @@ async def test_the_run_wide_book_joins_connections_in_order() -> None:
         assert entry["last_q"] - entry["first_q"] + 1 == entry["count"]
 
 
-async def test_sigterm_writes_the_ledger_and_a_summary() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_writes_the_ledger_and_a_summary(sig: int) -> None:
     sim = SimProcess([*BASE, "--rate", "20k/s", "--seed", "9"]).start()
     try:
         client = await FeedClient(sim.url, sim.cafile).open()
         await client.login()
         await client.collect(lambda r: len(r.trades) >= 1000, 10)
         task = asyncio.ensure_future(client.collect(timeout=20))
-        assert await asyncio.to_thread(sim.stop) == 0
+        assert await asyncio.to_thread(sim.stop, 20, sig) == 0
         received = await bounded(task, 20, "the close")
         ledger = sim.ledger()
         log = sim.log()
@@ -85,7 +89,7 @@ async def test_sigterm_writes_the_ledger_and_a_summary() -> None:
     record = ledger["connections"][0]
     assert record["end_reason"] == "server_shutdown" and received.close_code == 1001
     assert record["symbols"] == received.ledger_view()
-    assert "simulate: done (SIGTERM)" in log
+    assert f"simulate: done ({signal.Signals(sig).name})" in log
 
 
 async def test_duration_ends_the_run() -> None:
