@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+
+from websockets.exceptions import ConnectionClosed, InvalidState
 
 from simulator import netio
 from simulator.config import FAULT_KINDS
@@ -85,12 +87,19 @@ class FaultInjector:
         if client.pinger is not None:
             client.pinger.cancel()
         drained = await client.drain(self.settings.drain_timeout)
-        detail = "" if drained else "peer had not acknowledged everything"
-        action: Callable[[Client], object] = getattr(self, "_" + kind.replace("-", "_"))
+        gone = client.transport.is_closing()
+        detail = "peer already gone" if gone else "" if drained else \
+            "peer had not acknowledged everything"
         event = self.app.ledger.fault(kind, client.id, detail)
         self.app.log(f"fault {kind} on connection {client.id} at {event.time:.3f}"
                      + (f" ({detail})" if detail else ""))
-        await action(client)  # type: ignore[misc]
+        if gone:
+            return
+        action: Callable[[Client], Awaitable[None]] = getattr(self, "_" + kind.replace("-", "_"))
+        try:
+            await action(client)
+        except (ConnectionClosed, InvalidState, OSError) as exc:
+            self.app.log(f"fault {kind} on connection {client.id}: the peer left first ({exc})")
 
     async def _reset(self, client: Client) -> None:
         netio.abort_with_reset(client.transport, client.sock)
