@@ -40,6 +40,8 @@ ODD_LOT = 37
 INTERMARKET_SWEEP = 14
 TRADE_THROUGH_EXEMPT = 41
 ROUND_LOTS = ((1, 45), (2, 15), (3, 8), (4, 5), (5, 8), (10, 6), (20, 2), (50, 1), (100, 0.3))
+STEPS = (0, 1, -1, 2, -2, 3, -3)  # ticks per print, times the name's scale
+STEP_WEIGHTS = (0.55, 0.175, 0.175, 0.025, 0.025, 0.025, 0.025)
 
 
 def format_price(units: int) -> bytes:
@@ -195,12 +197,48 @@ class TapeGenerator:
         self.next_trf_id = rng.randrange(10**13, 6 * 10**13)
 
     def draw(self, size: int) -> list[TapeTrade]:
+        symbols, sweeps, steps = self._events(size)
+        prices = self._prices(symbols, steps)
+        rng = self.rng
+        # per-trade draws in bulk: C-level loops instead of one call per field per trade
+        lit = rng.choices(self.lit_ids, self.lit_weights, k=size)
+        trf = rng.choices(self.trf_ids, self.trf_weights, k=size)
+        lots = rng.choices(self.lots, self.lot_weights, k=size)
+        lit_gaps = rng.choices(range(1, 40), k=size)
+        trf_gaps = rng.choices(range(1, 400), k=size)
+        odd_sizes = [min(99, int(rng.expovariate(1 / 18)) + 1) for _ in range(size)]
+        chance = [rng.random() for _ in range(4 * size)]
+        trades = []
+        for i, symbol in enumerate(symbols):
+            to_trf, iso, odd, midpoint = chance[4 * i: 4 * i + 4]
+            price, conditions = prices[i], []
+            if not sweeps[i] and to_trf < TRF_SHARE:
+                self.next_trf_id += trf_gaps[i]
+                exchange, trf_id, trade_id = 4, trf[i], self.next_trf_id
+                if price >= PRICE_SCALE and midpoint < 0.12:
+                    price += CENT // 2  # a midpoint print off-exchange, like 114.125
+            else:
+                exchange, trf_id = lit[i], None
+                self.next_id[exchange] += lit_gaps[i]
+                trade_id = self.next_id[exchange]
+                if sweeps[i] or iso < 0.1:
+                    conditions = [INTERMARKET_SWEEP, TRADE_THROUGH_EXEMPT]
+            if odd < 0.55:
+                conditions = sorted([*conditions, ODD_LOT])
+            trades.append(TapeTrade(symbol, exchange, trade_id, self.symbols[symbol].tape, price,
+                                    odd_sizes[i] if odd < 0.55 else 100 * lots[i],
+                                    tuple(conditions), trf_id))
+        return trades
+
+    def _events(self, size: int) -> tuple[list[int], list[bool], list[int]]:
+        """Symbols, whether each print is part of a sweep, and each print's price step."""
         rng = self.rng
         weights = [s.weight for s in self.symbols]
         picks = iter(rng.choices(range(len(self.symbols)), weights, k=size))
+        walk = iter(rng.choices(STEPS, STEP_WEIGHTS, k=size))
         symbols: list[int] = []
+        sweeps: list[bool] = []
         steps: list[int] = []
-        venues: list[tuple[int, int | None, int, tuple[int, ...]]] = []
         while len(symbols) < size:
             symbol = next(picks)
             r = rng.random()
@@ -209,41 +247,10 @@ class TapeGenerator:
             direction = rng.choice((-1, 1))
             for _ in range(min(prints, size - len(symbols))):
                 symbols.append(symbol)
-                steps.append(direction * (rng.random() < 0.4) if sweep else self._step())
-                venues.append(self._venue(sweep))
-        prices = self._prices(symbols, steps)
-        trades = []
-        for symbol, price, venue in zip(symbols, prices, venues, strict=True):
-            exchange, trf_id, trade_id, conditions = venue
-            if trf_id is not None and price >= PRICE_SCALE and rng.random() < 0.12:
-                price += CENT // 2  # a midpoint print off-exchange, like 114.125
-            odd = rng.random() < 0.55
-            if odd:
-                conditions = tuple(sorted((*conditions, ODD_LOT)))
-            trades.append(TapeTrade(symbol, exchange, trade_id, self.symbols[symbol].tape, price,
-                                    self._size(odd), conditions, trf_id))
-        return trades
-
-    def _size(self, odd: bool) -> int:
-        if odd:
-            return min(99, int(self.rng.expovariate(1 / 18)) + 1)
-        return 100 * self.rng.choices(self.lots, self.lot_weights)[0]
-
-    def _step(self) -> int:
-        r = self.rng.random()
-        magnitude = 0 if r < 0.55 else (1 if r < 0.9 else self.rng.choice((2, 3)))
-        return magnitude * self.rng.choice((-1, 1))
-
-    def _venue(self, sweep: bool) -> tuple[int, int | None, int, tuple[int, ...]]:
-        rng = self.rng
-        if not sweep and rng.random() < TRF_SHARE:
-            self.next_trf_id += rng.randrange(1, 400)
-            return 4, rng.choices(self.trf_ids, self.trf_weights)[0], self.next_trf_id, ()
-        exchange = rng.choices(self.lit_ids, self.lit_weights)[0]
-        self.next_id[exchange] += rng.randrange(1, 40)
-        iso = sweep or rng.random() < 0.1
-        conditions = (INTERMARKET_SWEEP, TRADE_THROUGH_EXEMPT) if iso else ()
-        return exchange, None, self.next_id[exchange], conditions
+                sweeps.append(sweep)
+                # a sweep walks the book one way; other prints wander
+                steps.append(direction * (rng.random() < 0.4) if sweep else next(walk))
+        return symbols, sweeps, steps
 
     def _prices(self, symbols: list[int], steps: list[int]) -> list[int]:
         """Per symbol, a random walk on valid ticks bent into a bridge that ends where it began."""
