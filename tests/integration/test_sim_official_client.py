@@ -12,7 +12,9 @@ from massive.websocket.models import EquityTrade
 
 from harness.sim import SimProcess
 
-BASE = ["--no-tls", "--rate", "5k/s", "--tape-size", "1024", "--symbols", "200",
+# a few large frames a second: the client stops reading once it has enough, and its close
+# must not wait behind a full receive queue (websockets pauses reading at 16 frames)
+BASE = ["--no-tls", "--rate", "5k/s", "--batch", "250", "--tape-size", "1024", "--symbols", "200",
         "--stats-interval", "0", "--ping-interval", "0", "--seed", "2"]
 
 
