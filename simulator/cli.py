@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--replay", metavar="FILE",
                         help="replay lb --record JSON lines or a Polygon trades CSV flat file "
                         "(plain or gzip) instead of the synthetic market")
-    replay.add_argument("--replay-format", choices=("auto", "jsonl", "csv"), default="auto")
+    replay.add_argument("--replay-format", choices=("auto", "jsonl", "csv"), default="auto",
+                        help="auto: csv if the first line is the flat-file header (auto)")
     replay.add_argument("--speed", type=_arg(parse_speed), metavar="10x",
                         help="replay at the recorded pace (by t) times this (default 1x "
                         "unless --rate is given)")
