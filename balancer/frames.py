@@ -4,7 +4,9 @@ Pure: the decoder owns a receive buffer that the I/O layer fills in place
 (``recv_buffer()`` then ``commit(n)``), so a read lands where frames are parsed
 with no extra copy; ``events()`` returns complete data messages as ``bytes`` and
 control frames as small objects. Text and binary messages are treated alike and
-never UTF-8 validated (the payload is forwarded, not interpreted).
+never UTF-8 validated (the payload is forwarded, not interpreted); a decoder made
+with ``typed=True`` returns each data message as a ``Message`` carrying its opcode,
+for peers that must tell text from binary (an echo client), at some cost per frame.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ class ProtocolError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Message:
+    """A data message from a ``typed`` decoder."""
+
+    opcode: int  # OP_TEXT or OP_BINARY: the opcode of the message's first frame
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     payload: bytes
 
@@ -57,14 +67,20 @@ class Close:
     reason: str
 
 
-Event = bytes | Ping | Pong | Close
+Event = bytes | Message | Ping | Pong | Close
 
 
 class FrameDecoder:
     """Server-to-client frames in, events out. Raises ProtocolError on any violation."""
 
-    def __init__(self, max_message: int = 64 * 1024 * 1024, buffer_size: int = DEFAULT_BUFFER):
+    def __init__(
+        self, max_message: int = 64 * 1024 * 1024, buffer_size: int = DEFAULT_BUFFER, typed: bool = False
+    ):
         self.max_message = max_message
+        self.typed = typed
+        # Frame first bytes that _parse turns into a message on the spot; a typed decoder takes
+        # every data frame through _slow_frame, which keeps the opcode.
+        self._fast_frames = frozenset() if typed else _WHOLE_DATA_FRAME
         self._default_size = max(buffer_size, 2 * MIN_READ)
         self._buf = bytearray(self._default_size)
         self._view = memoryview(self._buf)
@@ -73,6 +89,7 @@ class FrameDecoder:
         self._need = 0  # bytes the frame at _start needs in all, when incomplete
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
+        self._fragments_opcode = 0
         self.closed = False  # a close frame was seen; nothing after it is parsed
         self.error: ProtocolError | None = None  # set once; nothing after it is parsed
         self.frames = 0  # complete frames parsed, control frames included
@@ -149,6 +166,7 @@ class FrameDecoder:
         buf = self._buf
         pos = self._start
         end = self._end
+        fast_frames = self._fast_frames
         self._need = 0
         while True:
             avail = end - pos
@@ -169,15 +187,14 @@ class FrameDecoder:
                     break
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 header = 10
-            if b0 not in _WHOLE_DATA_FRAME or b1 & 0x80 or length > self.max_message:
+            if b0 not in fast_frames or b1 & 0x80 or length > self.max_message:
                 self._check_header(b0, b1, length)
             stop = pos + header + length
             if stop > end:
                 self._need = header + length
                 break
             self.frames += 1
-            opcode = b0 & 0x0F
-            if opcode in _DATA_OPCODES and b0 & 0x80 and self._fragments is None:
+            if b0 in fast_frames and self._fragments is None:
                 out.append(bytes(self._view[pos + header : stop]))
             else:
                 event = self._slow_frame(b0, bytes(self._view[pos + header : stop]))
@@ -221,8 +238,11 @@ class FrameDecoder:
         if opcode in _DATA_OPCODES:
             if self._fragments is not None:
                 raise ProtocolError("new data frame while a fragmented message is unfinished")
+            if fin:
+                return self._message(opcode, payload)
             self._fragments = [payload]
             self._fragments_size = len(payload)
+            self._fragments_opcode = opcode
             return None
         if opcode == OP_CONTINUATION:
             if self._fragments is None:
@@ -234,12 +254,15 @@ class FrameDecoder:
             message = b"".join(self._fragments)
             self._fragments = None
             self._fragments_size = 0
-            return message
+            return self._message(self._fragments_opcode, message)
         if opcode == OP_PING:
             return Ping(payload)
         if opcode == OP_PONG:
             return Pong(payload)
         return parse_close(payload)
+
+    def _message(self, opcode: int, payload: bytes) -> bytes | Message:
+        return Message(opcode, payload) if self.typed else payload
 
 
 _DATA_OPCODES = frozenset((OP_TEXT, OP_BINARY))

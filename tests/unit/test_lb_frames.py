@@ -7,6 +7,7 @@ from balancer.frames import (
     MIN_READ,
     Close,
     FrameDecoder,
+    Message,
     Ping,
     Pong,
     ProtocolError,
@@ -126,6 +127,54 @@ def test_fragmented_with_interleaved_control_frames():
     stream = (frame(0x1, b"a", fin=False) + frame(0x9, b"1") + frame(0x0, b"b", fin=False)
               + frame(0xA, b"2") + frame(0x9, b"3") + frame(0x0, b"c"))
     assert decode_all(stream) == [Ping(b"1"), Pong(b"2"), Ping(b"3"), b"abc"]
+
+
+# A typed decoder keeps each data message's opcode (an echo client must answer text with text).
+
+
+def test_typed_decoder_keeps_opcodes():
+    stream = (frame(0x1, b"t") + frame(0x2, b"\xfe") + frame(0x1, b"") + frame(0x2, b"")
+              + frame(0x2, b"a", fin=False) + frame(0x9, b"1") + frame(0x0, b"b", fin=False)
+              + frame(0x0, b"c") + frame(0x1, b"", fin=False) + frame(0x0, b"") + frame(0x8, b""))
+    assert decode_all(stream, typed=True) == [
+        Message(0x1, b"t"), Message(0x2, b"\xfe"), Message(0x1, b""), Message(0x2, b""),
+        Ping(b"1"), Message(0x2, b"abc"), Message(0x1, b""), Close(None, ""),
+    ]  # fmt: skip
+
+
+def test_untyped_decoder_returns_the_same_payloads_as_bytes():
+    stream = frame(0x2, b"x" * 300) + frame(0x1, b"a", fin=False) + frame(0x0, b"b") + frame(0x1, b"c")
+    typed = decode_all(stream, typed=True)
+    assert [m.payload for m in typed] == decode_all(stream) == [b"x" * 300, b"ab", b"c"]
+
+
+def test_typed_decoder_split_at_every_byte():
+    stream = frame(0x2, b"z" * 200) + frame(0x1, b"x", fin=False) + frame(0x0, b"y" * 70, length_form=64)
+    for cut in range(len(stream) + 1):
+        d = FrameDecoder(typed=True)
+        d.feed(stream[:cut])
+        events = d.events()
+        d.feed(stream[cut:])
+        events += d.events()
+        d.check()
+        assert events == [Message(0x2, b"z" * 200), Message(0x1, b"x" + b"y" * 70)], cut
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (frame(0x1, b"x", rsv=0x20), "reserved bits"),
+        (frame(0x2, b"x", masked=True), "masked"),
+        (frame(0x1, b"x", fin=False) + frame(0x2, b"y"), "unfinished"),
+        (frame(0x2, b"x" * 1001), "exceeds --max-message"),
+    ],
+)
+def test_typed_decoder_violations(data, message):
+    d = FrameDecoder(max_message=1000, typed=True)
+    d.feed(frame(0x1, b"ok") + data)
+    assert d.events() == [Message(0x1, b"ok")]
+    with pytest.raises(ProtocolError, match=message):
+        d.check()
 
 
 def test_close_frames():
