@@ -186,10 +186,10 @@ class Client:
         while self.pending:
             self.ledger.partial(self.record, self.pending.popleft()[1].count)
         record = self.record
-        record.end = time.time()
         record.end_reason = self.end_reason or self._lost_reason()
         record.close_code = self.ws.close_code
         record.subscriptions = sorted(self.session.subscriptions.topics)
+        record.end = time.time()  # last: an ended record is final
 
     def _lost_reason(self) -> str:
         if self.ws.protocol.close_rcvd is not None:

@@ -87,15 +87,21 @@ class ConnectionRecord:
     tls: dict[str, Any] | None = None
     subscriptions: list[str] = field(default_factory=list)
     symbols: SymbolBook = field(default_factory=SymbolBook)
+    _frozen: dict[str, Any] | None = None  # an ended connection's JSON, made once
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        if self._frozen is not None:
+            return self._frozen
+        data = {
             "id": self.id, "key": self.key, "peer": self.peer, "start": self.start, "end": self.end,
             "trades_sent": self.trades_sent, "frames_sent": self.frames_sent,
             "trades_partial": self.trades_partial, "frames_partial": self.frames_partial,
             "end_reason": self.end_reason, "close_code": self.close_code, "tls": self.tls,
             "subscriptions": self.subscriptions, "symbols": self.symbols.to_json(),
         }
+        if self.end is not None:
+            self._frozen = data  # the ledger is rewritten after every connection: once is enough
+        return data
 
 
 @dataclass
