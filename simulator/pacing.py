@@ -118,8 +118,5 @@ class FrameClock:
         return self.schedule.time_of((frame + 1) * self.batch)
 
     def t_ms(self, frame: int) -> int:
-        if self.schedule is None:
-            seconds = frame * self.batch / NOMINAL_MAX_RATE
-        else:
-            seconds = self.due_at(frame)
+        seconds = self.due_at(frame) if self.schedule else frame * self.batch / NOMINAL_MAX_RATE
         return self.clock_start_ms + math.floor(seconds * 1000 + 1e-6)  # 1.001 s is 1001 ms
