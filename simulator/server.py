@@ -226,7 +226,7 @@ class Simulator:
         faults = ", ".join(f"{k}={n}" for k, n in sorted(totals["faults"].items())) or "none"
         ledger = f"; ledger {self.settings.ledger}" if self.settings.ledger else ""
         return (f"done ({self.end_reason}) after {seconds:.1f}s: {stats.trades} trades in "
-                f"{stats.frames} frames ({format_rate(rate)} while sending), "
+                f"{stats.frames} frames ({format_rate(rate)} from the first to the last), "
                 f"{totals['trades_sent']} sent whole "
                 f"and {totals['trades_partial']} partial over {totals['connections']} "
                 f"connection(s); faults: {faults}{ledger}")
