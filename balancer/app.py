@@ -17,6 +17,7 @@ import orjson
 
 from balancer import polygon
 from balancer.cli import EXIT_AUTH, EXIT_OK, EXIT_USAGE, Config
+from balancer.frames import FrameDecoder
 from balancer.pipes import PipeSet
 from balancer.router import Router
 from balancer.session import Session, SessionConfig, SessionEnded
@@ -95,10 +96,9 @@ class PipeOutput:
         self.paused = False
 
     def deliver(self, batches: list[Any]) -> None:
-        blocked = self.pipes.submit(batches)
-        for pipe in blocked:
+        for pipe in self.pipes.submit(batches):
             self._watch(pipe)
-        if blocked and not self.paused and self.pipes.largest_backlog > self.max_backlog:
+        if self._watching and not self.paused and self.pipes.largest_backlog > self.max_backlog:
             self._pause()
 
     def _watch(self, pipe: int) -> None:
@@ -151,6 +151,7 @@ class Balancer:
         self.stats = Stats()
         self.status_line = StatusLine(self.stats)
         self.router = Router(config.npipes)
+        self.decoder = FrameDecoder(max_message=config.max_message)
         self.pipes = PipeSet(config.npipes, config.pipe_size)
         self.session: Session | None = None
         self.worker_pid = 0
@@ -233,7 +234,8 @@ class Balancer:
         failures = 0  # consecutive attempts that delivered nothing
         auth_failures = 0
         while not self.stopping:
-            session = Session(session_config, self.router, self.output, self.stats, self.recorder)
+            session = Session(session_config, self.router, self.output, self.stats, self.recorder,
+                              self.decoder)
             self.session = session
             if self.output.paused:
                 session.pause_reading()

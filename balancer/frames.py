@@ -84,6 +84,10 @@ class FrameDecoder:
         self._default_size = max(buffer_size, 2 * MIN_READ)
         self._buf = bytearray(self._default_size)
         self._view = memoryview(self._buf)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything received: ready for a new connection, buffer kept."""
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received bytes
         self._need = 0  # bytes the frame at _start needs in all, when incomplete

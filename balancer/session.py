@@ -70,6 +70,7 @@ class Session:
         output: Output,
         stats: Stats,
         recorder: Recorder | None = None,
+        decoder: FrameDecoder | None = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -77,7 +78,9 @@ class Session:
         self.stats = stats
         self.recorder = recorder
         self.polygon = polygon.PolygonSession(config.key, config.subscribe)
-        self.decoder = FrameDecoder(max_message=config.max_message)
+        # One decoder (and its receive buffer) serves every connection of the process.
+        self.decoder = decoder or FrameDecoder(max_message=config.max_message)
+        self.decoder.reset()
         self.transport: Transport | None = None
         self.delivered = 0  # trades this connection delivered
         self._done: asyncio.Future[None] | None = None
@@ -114,6 +117,7 @@ class Session:
             await self._done
         finally:
             self._stop()
+            self._done = None  # the exception it holds refers back to this frame: no cycle
 
     async def _connect(self) -> Transport:
         cfg = self.config

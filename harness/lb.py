@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -10,6 +11,14 @@ import tempfile
 from typing import Any
 
 from harness.wait import read_json, wait_for, wait_json
+
+_running: list[LbProcess] = []
+
+
+def kill_all() -> None:
+    """Kill every lb this process started that still runs (test teardown, atexit)."""
+    while _running:
+        _running.pop().__exit__()
 
 
 class LbProcess:
@@ -32,6 +41,7 @@ class LbProcess:
     def start(self, wait_ready: float | None = 20.0) -> LbProcess:
         stderr = self._stderr if self._stderr is not None else open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(self.argv, env=self.env, stderr=stderr, stdin=subprocess.DEVNULL)
+        _running.append(self)
         if wait_ready:
             wait_for(lambda: os.path.exists(self.ready_file) or self.proc.poll() is not None,
                      wait_ready, "lb's ready file")
@@ -81,5 +91,8 @@ class LbProcess:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.kill()  # its worker dies too (PR_SET_PDEATHSIG)
             self.proc.wait(5)
+
+
+atexit.register(kill_all)
