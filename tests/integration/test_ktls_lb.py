@@ -1,121 +1,117 @@
-"""``lb --tls ktls`` as a real process: the feed decrypted by the kernel, routed byte for byte.
+"""How ``lb`` chooses its TLS path: ``--tls auto`` and ``--tls ktls`` on either kind of kernel.
 
-Needs a kernel with kTLS: run through ``python -m ci.ktls_runner -- tests -m ktls``.
-The websocket server is the lead's scriptable test server (polyserver) over Python's
-ssl; the worker writes what each pipe carried, compared with an independent reference.
+On a kernel with kernel TLS (marked ktls: ``python -m ci.ktls_runner -- tests -m ktls``)
+``--tls auto`` takes the kernel path without a word. On a kernel without it (this
+machine's; the two unmarked cases skip where the kernel has it) ``--tls auto`` says why
+in exactly one warning line and carries on in userspace, and ``--tls ktls`` exits 2
+before it connects or starts its worker. The suites and reconnects over kernel TLS are
+in test_ktls_sim.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import ssl
+import socket
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from balancer import ktls
 from harness.lb import LbProcess
-from harness.wait import async_wait_for
-from tests.integration.feedgen import Feed
-from tests.integration.polyserver import PolyServer
-from tests.integration.test_ktls_peer import Certs, make_certs
-from tests.integration.test_lb_feed import pipe_bytes, wait_delivered
+from harness.sim import SimProcess
+from tests.integration.test_ktls_sim import (  # noqa: F401 - kernel_tls is a fixture
+    DEADLINE,
+    KernelTlsWatcher,
+    assert_kernel_carried,
+    kernel_tls,
+    start_lb,
+    start_sim,
+)
 
-pytestmark = pytest.mark.ktls
-DEADLINE = 90.0  # lb and its worker start slowly inside User-Mode Linux
+EXIT_USAGE = 2
 
 
 @pytest.fixture(scope="module")
-def kernel_tls() -> None:
+def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("simulate-certs"))
+
+
+@pytest.fixture
+def kernel_without_tls() -> str:
+    """Why this kernel cannot do kernel TLS; skips where it can."""
     reason = ktls.probe()
-    if reason is not None:
-        message = f"{reason}; run these through: python -m ci.ktls_runner -- tests -m ktls"
-        if os.environ.get("TB_KTLS_REQUIRED"):
-            pytest.fail(message)
-        pytest.skip(message)
+    if reason is None:
+        pytest.skip("this kernel has kernel TLS: the fallback cannot be seen here")
+    return reason
 
 
-@pytest.fixture(scope="module")
-def certs(kernel_tls: None, tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("ktls-lb-certs"))
+def lb_lines(lb: LbProcess) -> list[str]:
+    """lb's own log lines (its worker shares the stderr file)."""
+    return [line for line in lb.log().splitlines() if line.startswith("lb: ")]
 
 
-def server_context(certs: Certs, suite: str) -> ssl.SSLContext:
-    """TLS 1.3 with OpenSSL's first choice, or TLS 1.2 with exactly ``suite``."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*(certs.ecdsa if "ECDSA" in suite else certs.rsa))
-    if suite != "TLSv1.3":
-        context.maximum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers(suite)
-    return context
+def wait_streaming(lb: LbProcess) -> None:
+    lb.wait_stats(lambda s: s.get("trades", 0) > 0, DEADLINE, "lb routing trades")
 
 
-def start_lb(url: str, workdir: Path, worker: list[str], certs: Certs, npipes: int) -> LbProcess:
-    lb = LbProcess(url, npipes, str(workdir), worker,
-                   options=["--stats-interval", "0", "--tls", "ktls", "--cafile", certs.ca])
-    return lb.start(wait_ready=None)
+def stop(sim: SimProcess, lb: LbProcess) -> dict[str, Any]:
+    """lb's final stats after a SIGTERM (a shutdown logs nothing under -q)."""
+    try:
+        assert lb.stop() == 0, lb.log()
+    finally:
+        lb.__exit__()
+        sim.cleanup()
+    return lb.stats()
 
 
-@pytest.mark.parametrize("suite", ["TLSv1.3", "ECDHE-RSA-AES128-GCM-SHA256",
-                                   "ECDHE-ECDSA-AES256-GCM-SHA384",
-                                   "ECDHE-RSA-CHACHA20-POLY1305"])
-async def test_lb_routes_byte_identical_over_kernel_tls(
-    tmp_path: Path, dump_worker: list[str], certs: Certs, suite: str
+@pytest.mark.ktls
+@pytest.mark.usefixtures("kernel_tls")
+def test_auto_takes_kernel_tls_without_a_warning(
+    certs_dir: str, tmp_path: Path, dump_worker: list[str]
 ) -> None:
-    npipes = 7
-    feed = Feed(npipes, seed=len(suite))
-    before = ktls.read_tls_stat()
-    async with PolyServer(ssl_context=server_context(certs, suite)) as server:
-        lb = start_lb(server.url("localhost"), tmp_path, dump_worker, certs, npipes)
+    sim = start_sim(certs_dir, "--rate", "5k/s")
+    lb = start_lb(sim, tmp_path, dump_worker, "--tls", "auto", "-q")
+    try:
+        with KernelTlsWatcher(lb.pid, sim.port) as watcher:
+            wait_streaming(lb)
+    finally:
+        stats = stop(sim, lb)
+    assert stats["tls"] == "ktls TLSv1.3 TLS_AES_256_GCM_SHA384", lb.log()  # OpenSSL's first
+    assert lb_lines(lb) == []
+    assert_kernel_carried(watcher.result(), "TLS_AES_256_GCM_SHA384", connections=1)
+
+
+def test_auto_falls_back_to_userspace_with_one_warning(
+    kernel_without_tls: str, certs_dir: str, tmp_path: Path, dump_worker: list[str]
+) -> None:
+    sim = start_sim(certs_dir, "--rate", "5k/s")
+    lb = start_lb(sim, tmp_path, dump_worker, "--tls", "auto", "-q")
+    try:
+        wait_streaming(lb)
+    finally:
+        stats = stop(sim, lb)
+    assert stats["tls"].startswith("userspace TLSv1.3 "), stats
+    (warning,) = lb_lines(lb)
+    assert "userspace" in warning and warning.endswith(kernel_without_tls), warning
+    assert "modprobe tls" in warning
+
+
+def test_ktls_exits_2_before_connecting(kernel_without_tls: str, tmp_path: Path) -> None:
+    marker = tmp_path / "worker-started"
+    worker = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        url = f"wss://127.0.0.1:{listener.getsockname()[1]}/stocks"
+        lb = LbProcess(url, 4, str(tmp_path), worker, options=["--tls", "ktls"]).start(None)
         try:
-            conn = await server.next_connection(timeout=DEADLINE)
-            for frame in feed.frames(40, 150):
-                await conn.send_text(frame)
-            await wait_delivered(str(tmp_path), feed, timeout=DEADLINE)
-            during = ktls.read_tls_stat()
-            code = await asyncio.to_thread(lb.stop)
+            code = lb.wait(DEADLINE)
         finally:
             lb.__exit__()
-    assert code == 0, lb.log()
-    stats = lb.stats()
-    assert stats["trades"] == feed.trades
-    expected = "TLSv1.3 TLS_AES_256_GCM_SHA384" if suite == "TLSv1.3" else f"TLSv1.2 {suite}"
-    assert stats["tls"] == f"ktls {expected}", lb.log()
-    # lb's one session is in the kernel both ways (its probe's sockets are long closed).
-    assert during["TlsCurrRxSw"] == before["TlsCurrRxSw"] + 1
-    assert during["TlsCurrTxSw"] == before["TlsCurrTxSw"] + 1
-    assert ktls.read_tls_stat()["TlsDecryptError"] == before["TlsDecryptError"]
-
-
-async def test_lb_reconnects_over_kernel_tls_after_a_reset(
-    tmp_path: Path, dump_worker: list[str], certs: Certs
-) -> None:
-    npipes = 5
-    feed = Feed(npipes, seed=7)
-    first_frames = list(feed.frames(15, 100))
-    first_expected = [bytes(pipe) for pipe in feed.expected]
-    second_frames = list(feed.frames(15, 100))
-    before = ktls.read_tls_stat()
-    async with PolyServer(ssl_context=server_context(certs, "TLSv1.3")) as server:
-        lb = start_lb(server.url("localhost"), tmp_path, dump_worker, certs, npipes)
-        try:
-            first = await server.next_connection(timeout=DEADLINE)
-            for frame in first_frames:
-                await first.send_text(frame)
-            await async_wait_for(lambda: pipe_bytes(str(tmp_path), npipes) == first_expected,
-                                 DEADLINE, "the first connection's trades in their pipes")
-            first.reset()
-            second = await server.next_connection(timeout=DEADLINE)
-            for frame in second_frames:
-                await second.send_text(frame)
-            await wait_delivered(str(tmp_path), feed, timeout=DEADLINE)
-            during = ktls.read_tls_stat()
-            code = await asyncio.to_thread(lb.stop)
-        finally:
-            lb.__exit__()
-    assert code == 0, lb.log()
-    stats = lb.stats()
-    assert stats["reconnects"] >= 1 and stats["tls"].startswith("ktls TLSv1.3"), stats
-    assert during["TlsCurrRxSw"] == before["TlsCurrRxSw"] + 1  # the first one is gone
-    assert during["TlsRxSw"] >= before["TlsRxSw"] + 2
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert code == EXIT_USAGE, lb.log()
+    (message,) = lb_lines(lb)
+    assert message.startswith("lb: --tls ktls: ") and message.endswith(kernel_without_tls)
+    assert "modprobe tls" in message
+    assert not marker.exists(), "the worker was started"

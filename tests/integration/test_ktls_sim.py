@@ -1,0 +1,302 @@
+"""``lb --tls ktls`` against ``simulate``: every suite the hand-off takes, and reconnects.
+
+Needs a kernel with kernel TLS: run through ``python -m ci.ktls_runner -- tests -m ktls``.
+The simulator is pinned to one suite; ``lb-pool --handler verify`` reports what reached
+the pipes, compared with the simulator's ledger (every trade sent whole arrived exactly
+once, in order, byte-identical). That the kernel really carried each connection is read
+from the kernel itself, from outside lb: ``KernelTlsWatcher`` duplicates lb's sockets into
+the test (``pidfd_getfd``) and reads their ``TLS_TX``/``TLS_RX`` state back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balancer import ktls
+from balancer.tls_keys import SUITES_BY_NAME, CryptoInfo, initial_record_sequence
+from harness.lb import LbProcess
+from harness.sim import SimProcess
+from harness.wait import read_json, wait_for
+from tests.integration.test_faults import compare
+from tests.integration.test_ktls_peer import TLS12_SUITES, TLS13_SUITES
+
+POOL = [os.path.join(os.path.dirname(sys.executable), "lb-pool")]
+NPIPES = 8
+# A small tape (trades rendered once, then repeated with new q and t) starts the simulator
+# in about a second inside User-Mode Linux instead of three.
+SIM_BASE = ("--symbols", "300", "--tape-size", "4096", "--stats-interval", "0", "-q")
+START_TIMEOUT = 60.0  # a Python start inside User-Mode Linux takes seconds
+DEADLINE = 60.0
+SYS_PIDFD_GETFD = 438  # x86_64 (and User-Mode Linux on it); Linux >= 5.6
+
+
+@pytest.fixture(scope="module")
+def kernel_tls() -> None:
+    reason = ktls.probe()
+    if reason is not None:
+        message = f"{reason}; run these through: python -m ci.ktls_runner -- tests -m ktls"
+        if os.environ.get("TB_KTLS_REQUIRED"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One CA and server certificate per key type for the module's simulators."""
+    return str(tmp_path_factory.mktemp("simulate-certs"))
+
+
+def pinned(suite: str) -> list[str]:
+    """simulate options that leave it exactly ``suite`` to negotiate."""
+    if suite in TLS13_SUITES:
+        return ["--tls-version", "1.3", "--tls13-ciphersuites", suite]
+    return ["--tls-version", "1.2", "--ciphers", suite, "--cert-type", TLS12_SUITES[suite]]
+
+
+def start_sim(certs_dir: str, *args: str) -> SimProcess:
+    return SimProcess(["--certs", certs_dir, *SIM_BASE, *args]).start(timeout=START_TIMEOUT)
+
+
+def start_lb(sim: SimProcess, workdir: Path, worker: list[str], *options: str) -> LbProcess:
+    lb = LbProcess(sim.url, NPIPES, str(workdir), worker,
+                   options=["--cafile", sim.cafile or "", "--stats-interval", "0", *options])
+    return lb.start(wait_ready=None)
+
+
+def verify_worker(report: Path) -> list[str]:
+    return [*POOL, "--procs", "1", "--handler", "verify", "--report", str(report)]
+
+
+# --- the kernel's view of lb's connections ------------------------------------------
+
+
+@dataclass
+class KernelSession:
+    """The last TLS state the kernel showed for one of lb's connections (None: not yet)."""
+
+    tx: CryptoInfo | None = None
+    rx: CryptoInfo | None = None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def duplicate_fd(pidfd: int, target_fd: int) -> int:
+    fd = _libc.syscall(SYS_PIDFD_GETFD, pidfd, target_fd, 0)
+    if fd < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return fd
+
+
+@dataclass
+class KernelTlsWatcher:
+    """Polls lb's TCP connections to ``port`` and records what kernel TLS holds for each.
+
+    Every ``interval`` it takes a duplicate of each of lb's sockets (``pidfd_getfd``: Linux
+    >= 5.6 and ptrace rights over lb, which the guest's root has), keeps those connected
+    to the simulator, and reads ``TLS_TX``/``TLS_RX`` with getsockopt. Connections are
+    told apart by socket inode; a connection keeps the last state read.
+    """
+
+    pid: int
+    port: int
+    interval: float = 0.01
+    sessions: dict[int, KernelSession] = field(default_factory=dict)
+    error: BaseException | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> KernelTlsWatcher:
+        self._thread = threading.Thread(target=self._run, name="ktls-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def result(self) -> dict[int, KernelSession]:
+        """The sessions seen, once stopped; a failure of the watcher itself is raised here."""
+        self.__exit__()
+        if self.error is not None:
+            raise AssertionError(f"the kernel-TLS watcher failed: {self.error!r}")
+        return self.sessions
+
+    def _run(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return
+        try:
+            while not self._stop.wait(self.interval):
+                self._poll(pidfd)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            os.close(pidfd)
+
+    def _poll(self, pidfd: int) -> None:
+        fd_dir = f"/proc/{self.pid}/fd"
+        try:
+            names = os.listdir(fd_dir)
+        except FileNotFoundError:
+            return  # lb has exited
+        for name in names:
+            try:
+                if not os.readlink(f"{fd_dir}/{name}").startswith("socket:"):
+                    continue
+                fd = duplicate_fd(pidfd, int(name))
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.EBADF, errno.ESRCH):
+                    continue  # closed meanwhile, or lb is gone
+                raise
+            with socket.socket(fileno=fd) as sock:  # closes our duplicate only
+                self._read(sock)
+
+    def _read(self, sock: socket.socket) -> None:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            return
+        try:
+            if sock.getpeername()[1] != self.port:
+                return
+        except OSError:
+            return  # not connected (yet, or any more)
+        session = self.sessions.setdefault(os.fstat(sock.fileno()).st_ino, KernelSession())
+        tx = ktls.read_crypto_info(sock, ktls.TLS_TX)
+        rx = ktls.read_crypto_info(sock, ktls.TLS_RX)
+        if tx is not None and rx is not None:
+            session.tx, session.rx = tx, rx
+
+
+def assert_kernel_carried(sessions: dict[int, KernelSession], suite: str,
+                          connections: int) -> None:
+    """``connections`` of lb's connections had both directions in the kernel, with ``suite``.
+
+    A connection lb opened as the simulator was shutting down may never have got as far
+    as the hand-off; those are not counted (nor does the ledger count them).
+    """
+    expected = SUITES_BY_NAME[suite]
+    first = initial_record_sequence(expected.version)
+    handed_off = [s for s in sessions.values() if s.tx is not None and s.rx is not None]
+    assert len(handed_off) == connections, sessions
+    for session in handed_off:
+        assert session.tx is not None and session.rx is not None
+        for info in (session.tx, session.rx):
+            assert (info.version, info.cipher) == (expected.version, expected.kernel_cipher), info
+        # records went through the kernel both ways: lb's upgrade request, the server's reply
+        assert session.tx.rec_seq > first and session.rx.rec_seq > first, session
+
+
+def assert_counters_rose(before: dict[str, int], after: dict[str, int]) -> None:
+    assert after["TlsTxSw"] > before["TlsTxSw"] and after["TlsRxSw"] > before["TlsRxSw"], after
+    assert after["TlsDecryptError"] == before["TlsDecryptError"], after
+
+
+# --- one run: simulate until it ends by itself, lb, a verify worker ------------------
+
+
+@dataclass
+class Run:
+    ledger: dict[str, Any]
+    report: dict[str, Any]
+    stats: dict[str, Any]
+    sessions: dict[int, KernelSession]
+    before: dict[str, int]
+    after: dict[str, int]
+    lb_log: str
+
+
+def feed_through_ktls_lb(sim: SimProcess, workdir: Path, feed_seconds: float) -> Run:
+    """``lb --tls ktls`` and a verify worker read ``sim`` until the simulator ends by itself."""
+    report_path = workdir / "report.json"
+    before = ktls.read_tls_stat()
+    lb = start_lb(sim, workdir, verify_worker(report_path), "--tls", "ktls")
+    try:
+        with KernelTlsWatcher(lb.pid, sim.port) as watcher:
+            sim.wait(feed_seconds + DEADLINE)
+        sessions = watcher.result()
+        ledger = sim.ledger()
+        code = lb.stop()
+    finally:
+        lb.__exit__()
+        sim.cleanup()
+    assert code == 0, lb.log()
+    report = wait_for(lambda: read_json(str(report_path)), 10, "the verify report")
+    return Run(ledger, report, lb.stats(), sessions, before, ktls.read_tls_stat(), lb.log())
+
+
+def assert_exactly_once_in_order(run: Run) -> None:
+    totals = run.ledger["totals"]
+    assert compare(run.ledger, run.report) == [], run.report["examples"]
+    assert run.report["errors"] == dict.fromkeys(run.report["errors"], 0), run.report["examples"]
+    assert run.report["gaps"] <= totals["trades_partial"]
+    assert run.report["messages"] == totals["trades_sent"] > 0, totals
+
+
+# --- every suite ------------------------------------------------------------------
+
+SUITE_TRADES = 30_000
+SUITE_RATE = 30_000  # trades/s: one connection of about a second, some thousand records
+
+
+@pytest.mark.ktls
+@pytest.mark.parametrize("suite", [*TLS13_SUITES, *TLS12_SUITES])
+def test_every_suite_carries_the_feed_exactly_once(
+    kernel_tls: None, certs_dir: str, tmp_path: Path, suite: str
+) -> None:
+    sim = start_sim(certs_dir, *pinned(suite), "--trades", str(SUITE_TRADES),
+                    "--rate", f"{SUITE_RATE}/s", "--seed", str(len(suite)))
+    run = feed_through_ktls_lb(sim, tmp_path, SUITE_TRADES / SUITE_RATE)
+
+    assert_exactly_once_in_order(run)
+    assert run.ledger["totals"]["trades_partial"] == 0
+    assert len(run.ledger["connections"]) == 1, run.ledger["connections"]
+    version = SUITES_BY_NAME[suite].version_name
+    assert run.stats["tls"] == f"ktls {version} {suite}", run.lb_log
+    assert_kernel_carried(run.sessions, suite, connections=1)
+    assert_counters_rose(run.before, run.after)
+
+
+# --- reconnects -------------------------------------------------------------------
+
+FAULT_TRADES = 60_000
+FAULT_RATE = 20_000  # with a drop every second: three or four connections
+
+
+@pytest.mark.ktls
+@pytest.mark.parametrize(("fault", "suite", "causes"), [
+    ("reset", "TLS_AES_128_GCM_SHA256", {"reset", "eof"}),
+    ("tls-close", "TLS_CHACHA20_POLY1305_SHA256", {"eof"}),
+    ("tls-close", "ECDHE-RSA-AES256-GCM-SHA384", {"eof"}),
+])
+def test_reconnects_go_through_the_kernel_again(
+    kernel_tls: None, certs_dir: str, tmp_path: Path, fault: str, suite: str, causes: set[str]
+) -> None:
+    sim = start_sim(certs_dir, *pinned(suite), "--trades", str(FAULT_TRADES),
+                    "--rate", f"{FAULT_RATE}/s", "--seed", "5",
+                    "--fault", fault, "--drop-every", "1s")
+    run = feed_through_ktls_lb(sim, tmp_path, FAULT_TRADES / FAULT_RATE)
+
+    connections = run.ledger["connections"]
+    faults = sum(1 for c in connections if c["end_reason"] == f"fault:{fault}")
+    assert faults >= 2, [c["end_reason"] for c in connections]
+    assert_exactly_once_in_order(run)
+    counted = sum(n for cause, n in run.stats["disconnects"].items() if cause in causes)
+    assert counted >= faults, run.stats["disconnects"]
+    assert run.stats["tls"] == f"ktls {SUITES_BY_NAME[suite].version_name} {suite}", run.lb_log
+    assert_kernel_carried(run.sessions, suite, connections=len(connections))
+    assert_counters_rose(run.before, run.after)
+
