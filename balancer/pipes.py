@@ -19,6 +19,7 @@ import fcntl
 import os
 import struct
 import termios
+from array import array
 from collections import deque
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ class _Record:
 
     start: int
     end: int
-    lens: list[int]
+    lens: bytes | array[int] | list[int]
     overhead: int
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import struct
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -119,11 +120,12 @@ _FIRSTS = _Firsts()
 class Chunk:
     """A run of framed messages for one pipe, with their sizes (for resync after a worker dies).
 
-    Message *i* is ``lens[i] + overhead`` bytes on the wire.
+    Message *i* is ``lens[i] + overhead`` bytes on the wire. ``lens`` is kept until the worker
+    has read the chunk, so it is stored compactly: one byte per message when every length fits.
     """
 
     data: bytes
-    lens: list[int]
+    lens: bytes | array[int] | list[int]
     overhead: int
 
 
@@ -253,7 +255,10 @@ class Router:
         m = len(pending)
         if not m:
             return
-        lens = list(map(len, pending))
+        try:
+            lens: bytes | array[int] = bytes(map(len, pending))  # kept until read: 1 byte a message
+        except ValueError:  # a piece of 256 bytes or more
+            lens = array("I", map(len, pending))
         out: list[bytes | None] = [None] * (2 * m + 1)
         out[0 : 2 * m : 2] = map(_SEPARATORS.__getitem__, lens)
         out[0] = _FIRSTS[lens[0]]

@@ -26,7 +26,8 @@ class LbProcess:
 
     def __init__(self, url: str, npipes: int, workdir: str, worker: list[str], *,
                  key: str = "test-key", options: list[str] | None = None,
-                 env: dict[str, str] | None = None, stderr: Any = None) -> None:
+                 env: dict[str, str] | None = None, stderr: Any = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.state_dir = tempfile.mkdtemp(prefix="lb-")
         self.stats_file = os.path.join(self.state_dir, "stats.json")
         self.ready_file = os.path.join(self.state_dir, "ready.json")
@@ -36,11 +37,13 @@ class LbProcess:
         self.env = dict(os.environ if env is None else env)
         self.stderr_path = os.path.join(self.state_dir, "stderr.log")
         self._stderr = stderr
+        self.pass_fds = pass_fds
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: float | None = 20.0) -> LbProcess:
         stderr = self._stderr if self._stderr is not None else open(self.stderr_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.argv, env=self.env, stderr=stderr, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.argv, env=self.env, stderr=stderr, stdin=subprocess.DEVNULL,
+                                     pass_fds=self.pass_fds)
         _running.append(self)
         if wait_ready:
             wait_for(lambda: os.path.exists(self.ready_file) or self.proc.poll() is not None,
