@@ -37,7 +37,7 @@ NPIPES = 8
 SIM_BASE = ("--symbols", "300", "--tape-size", "4096", "--stats-interval", "0", "-q")
 START_TIMEOUT = 60.0  # a Python start inside User-Mode Linux takes seconds
 DEADLINE = 60.0
-SYS_PIDFD_GETFD = 438  # x86_64 (and User-Mode Linux on it); Linux >= 5.6
+SYS_PIDFD_GETFD = 438  # the same on every architecture but alpha; Linux >= 5.6
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,8 @@ def duplicate_fd(pidfd: int, target_fd: int) -> int:
     fd = _libc.syscall(SYS_PIDFD_GETFD, pidfd, target_fd, 0)
     if fd < 0:
         error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
+        hint = " (ptrace rights over lb: see kernel.yama.ptrace_scope)" if error == errno.EPERM else ""
+        raise OSError(error, f"pidfd_getfd: {os.strerror(error)}{hint}")
     return fd
 
 
