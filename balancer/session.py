@@ -26,8 +26,7 @@ log = logging.getLogger("lb")
 
 USER_AGENT = "trade-balancer-lb/0.1"
 
-SSL_READ_BATCH = 2 * 1024 * 1024  # OpenSSL hands out one record per call: gather this much
-READ_SIZE = 512 * 1024  # plain TCP / kTLS: one read per call; bigger batches lose the CPU caches
+READ_SIZE = 512 * 1024  # per wake-up: bigger batches fall out of the CPU caches and add latency
 HANDSHAKE_READ = 64 * 1024
 
 
@@ -230,7 +229,7 @@ class Session:
         eof = False
         try:
             while True:
-                buffer = decoder.recv_buffer()[:READ_SIZE]
+                buffer = decoder.recv_buffer()[: READ_SIZE - got]
                 n = recv_into(buffer)
                 if n == 0:
                     eof = True
@@ -238,8 +237,8 @@ class Session:
                 decoder.commit(n)
                 got += n
                 # One read per call for plain TCP and kTLS (the socket stays readable if more is
-                # waiting); OpenSSL returns one record per call, so gather up to a batch.
-                if one_read or got >= SSL_READ_BATCH:
+                # waiting); OpenSSL returns one record per call, so gather up to READ_SIZE.
+                if one_read or got >= READ_SIZE:
                     break
         except BlockingIOError:
             pass
@@ -269,6 +268,8 @@ class Session:
             self.end("status", f"server said {exc}")
         if eof:
             self.end("eof", "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
+        elif self._reading and transport.pending() and self._loop is not None:
+            self._loop.call_soon(self._on_readable)  # decrypted bytes wait in OpenSSL, not the socket
 
     def _handle_events(self, events: list[frames.Event]) -> None:
         router = self.router

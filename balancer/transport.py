@@ -16,6 +16,7 @@ import contextlib
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,6 +73,9 @@ class Transport:
         self.sock = sock
         self.fd = sock.fileno()
         self.recv_into = reader.recv_into
+        # Plain text already read from the socket but not handed out yet (OpenSSL's buffer):
+        # the socket will not signal readiness for it.
+        self.pending: Callable[[], int] = getattr(sock, "pending", _nothing_pending)
         self.info = info
         self.peer = peer
         self._sender = sock
@@ -127,6 +131,10 @@ class Transport:
         self._outbox.clear()
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _nothing_pending() -> int:
+    return 0
 
 
 class _PlainReader:
