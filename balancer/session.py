@@ -27,6 +27,7 @@ log = logging.getLogger("lb")
 USER_AGENT = "trade-balancer-lb/0.1"
 
 READ_SIZE = 512 * 1024  # per wake-up: bigger batches fall out of the CPU caches and add latency
+CLOSE_WAIT = 2.0  # seconds to wait for the server's reply to our close frame
 HANDSHAKE_READ = 64 * 1024
 
 
@@ -180,10 +181,15 @@ class Session:
             self._done.set_exception(exc)
 
     def close(self, code: int = frames.CLOSE_GOING_AWAY, reason: str = "shutting down") -> None:
-        """Say goodbye (a close frame) and end the connection."""
-        if self.transport is not None and not self.transport.closed:
-            self._send_close(code, reason)
-        self.end("shutdown", reason)
+        """The closing handshake: send a close frame and keep reading (and routing: the server
+        sent those trades whole) until the server's close frame arrives, for at most
+        CLOSE_WAIT seconds. Closing the socket on unread data would reset it instead."""
+        transport = self.transport
+        if transport is None or transport.closed or self._loop is None or not self._reading:
+            self.end("shutdown", reason)
+            return
+        self._send_close(code, reason)
+        self._loop.call_later(CLOSE_WAIT, self.end, "shutdown", f"{reason} (no close reply)")
 
     def _stop(self) -> None:
         if self._timer is not None:
@@ -267,7 +273,8 @@ class Session:
         except polygon.SessionError as exc:
             self.end("status", f"server said {exc}")
         if eof:
-            self.end("eof", "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
+            cause = "shutdown" if self._close_sent else "eof"
+            self.end(cause, "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
         elif self._reading and transport.pending() and self._loop is not None:
             self._loop.call_soon(self._on_readable)  # decrypted bytes wait in OpenSSL, not the socket
 
@@ -323,6 +330,9 @@ class Session:
         elif type(event) is Pong:
             self.stats.pongs += 1
         elif type(event) is Close:
+            if self._close_sent:  # the reply to our own close: the handshake is complete
+                self.end("shutdown", "closed")
+                return
             self.stats.server_closes += 1
             code = event.code if event.code is not None else frames.CLOSE_NORMAL
             self._send_close(code if code not in (1005, 1006, 1015) else frames.CLOSE_NORMAL, "")

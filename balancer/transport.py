@@ -129,8 +129,21 @@ class Transport:
         if self._outbox and self._loop is not None:
             self._loop.remove_writer(self.fd)
         self._outbox.clear()
+        self._close_notify()
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def _close_notify(self) -> None:
+        """TLS's own goodbye, best effort (the peer may be gone already)."""
+        try:
+            if self.info.mode == "ktls":
+                from balancer import ktls
+
+                ktls.send_close_notify(self.sock)
+            elif isinstance(self.sock, ssl.SSLSocket):
+                self.sock.unwrap()  # sends close_notify; the peer's reply is not awaited
+        except (OSError, ValueError, ssl.SSLError):
+            pass
 
 
 def _nothing_pending() -> int:
