@@ -21,7 +21,7 @@ def test_sigterm_mid_stream_is_a_clean_close_and_loses_nothing(tmp_path):
         lb.start()
         wait_for(lambda: lb.stats().get("trades", 0) > 50_000, 20, "trades flowing")
         assert lb.stop() == 0
-        ledger = sim.wait_ledger(lambda l: l["connections"] and l["connections"][0].get("end"),
+        ledger = sim.wait_ledger(lambda led: led["connections"] and led["connections"][0].get("end"),
                                  10, "the connection's end in the ledger")
     finally:
         lb.__exit__()
