@@ -28,6 +28,7 @@ from balancer.router import Chunk
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
 MIN_PIPE_SIZE = 64 * 1024
+PRUNE_EVERY = 64  # records added to a pipe between two looks at what its reader consumed
 
 
 @dataclass(slots=True)
@@ -80,6 +81,7 @@ class PipeSet:
         self.backlog: list[deque[memoryview]] = [deque() for _ in range(npipes)]
         self.backlog_bytes = [0] * npipes
         self._records: list[deque[_Record]] = [deque() for _ in range(npipes)]
+        self._prune_at = [PRUNE_EVERY] * npipes
         self.writes = 0
         self.discarded_bytes = 0
         self.discarded_messages = 0
@@ -98,6 +100,11 @@ class PipeSet:
                 records.append(_Record(offset, end, chunk.lens, chunk.overhead))
                 offset = end
             self.accepted[pipe] = offset
+            if len(records) > self._prune_at[pipe]:
+                # Forget what the reader has consumed a little at a time, not in one burst that
+                # would stall the feed (every write adds a record).
+                self._prune(pipe)
+                self._prune_at[pipe] = len(records) + PRUNE_EVERY
             data = chunks[0].data if len(chunks) == 1 else b"".join([c.data for c in chunks])
             if self.backlog_bytes[pipe]:
                 self.backlog[pipe].append(memoryview(data))
@@ -165,12 +172,15 @@ class PipeSet:
     def prune(self) -> None:
         """Forget the sizes of messages the worker has read entirely."""
         for pipe in range(self.npipes):
-            records = self._records[pipe]
-            if not records:
-                continue
-            consumed = self.consumed(pipe)
-            while records and records[0].end <= consumed:
-                records.popleft()
+            self._prune(pipe)
+
+    def _prune(self, pipe: int) -> None:
+        records = self._records[pipe]
+        if not records:
+            return
+        consumed = self.consumed(pipe)
+        while records and records[0].end <= consumed:
+            records.popleft()
 
     def next_boundary(self, pipe: int, offset: int) -> int:
         """The first message boundary at or after stream ``offset``."""

@@ -66,8 +66,10 @@ def throughput_table(trades: int, naive_trades: int, runs: int, quick: bool) -> 
     return rows
 
 
-def latency(rate: str, tls: bool, seconds: float = 12.0, skip: float = 2.0) -> dict[str, Any]:
-    """Send-to-receive latency of every frame at a paced rate, after ``skip`` s of warm-up."""
+def latency(rate: str, tls: bool, seconds: float = 12.0, skip: float = 2.0,
+            tail: float = 1.0) -> dict[str, Any]:
+    """Send-to-receive latency of every frame at a paced rate, in the steady state: without
+    the first ``skip`` s (start-up) and the last ``tail`` s (the simulator's shutdown)."""
     work = tempfile.mkdtemp(prefix="lblatency-")
     samples_path = os.path.join(work, "samples.json")
     sim_args = ["--rate", rate, "--stamp-ids", "--duration", f"{seconds:g}s", "--stats-interval", "0",
@@ -88,7 +90,7 @@ def latency(rate: str, tls: bool, seconds: float = 12.0, skip: float = 2.0) -> d
         sim.kill()
     samples = wait_for(lambda: _read(samples_path), 30, "latency samples")
     frames = len(samples)
-    samples = sorted(samples[int(frames * skip / seconds):])
+    samples = sorted(samples[int(frames * skip / seconds) : int(frames * (seconds - tail) / seconds)])
     pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] / 1e6  # noqa: E731
     return {"rate": rate, "transport": "wss (userspace TLS)" if tls else "ws", "frames": len(samples),
             "trades": stats.get("trades", 0), "p50_ms": round(pick(0.50), 3),
