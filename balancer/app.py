@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gzip
 import logging
 import os
@@ -43,6 +44,14 @@ WORKER_QUICK_DEATH = 10.0
 WORKER_BACKOFF_MAX = 30.0
 GROUP_EXIT_WAIT = 5.0
 HOUSEKEEPING = 1.0
+TRIM_AFTER_BACKLOG = 32 * 1024 * 1024
+
+
+def release_free_memory() -> None:
+    """malloc_trim(0): hand the heap's free pages back to the system (glibc keeps them)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class TLSUnavailable(Exception):
@@ -98,8 +107,11 @@ class PipeOutput:
     def deliver(self, batches: list[Any]) -> None:
         for pipe in self.pipes.submit(batches):
             self._watch(pipe)
-        if self._watching and not self.paused and self.pipes.largest_backlog > self.max_backlog:
-            self._pause()
+        if self._watching:
+            stats = self.app.stats
+            stats.backlog_peak = max(stats.backlog_peak, self.pipes.total_backlog)
+            if not self.paused and self.pipes.largest_backlog > self.max_backlog:
+                self._pause()
 
     def _watch(self, pipe: int) -> None:
         if pipe not in self._watching and not self.pipes.closed:
@@ -159,6 +171,7 @@ class Balancer:
         self.worker_backoff = 0.0
         self.stopping = False
         self.recorder = Recorder(config.record) if config.record else None
+        self._backlog_since_trim = 0
         self._stop_event: asyncio.Event
         self._worker_gone: asyncio.Event
         self._restart_task: asyncio.Task[None] | None = None
@@ -306,8 +319,18 @@ class Balancer:
     def housekeeping(self) -> None:
         if not self.pipes.closed and self.worker_pid:
             self.pipes.prune()
+        self._return_memory_after_backlog()
         if self.config.stats_file:
             write_json_atomic(self.config.stats_file, self.refresh_stats())
+
+    def _return_memory_after_backlog(self) -> None:
+        """A slow worker's backlog can grow to hundreds of MB (at the open, say); once it has
+        drained, give the memory back to the system instead of keeping it in malloc's heap."""
+        backlog = self.pipes.total_backlog
+        self._backlog_since_trim = max(self._backlog_since_trim, backlog)
+        if backlog == 0 and self._backlog_since_trim >= TRIM_AFTER_BACKLOG:
+            self._backlog_since_trim = 0
+            release_free_memory()
 
     async def _ticker(self, period: float, action: Any) -> None:
         while not self.stopping:

@@ -56,6 +56,7 @@ class Stats:
     unroutable: int = 0
     largest_backlog: int = 0
     total_backlog: int = 0
+    backlog_peak: int = 0  # the largest total backlog seen
     pipe_size: int = 0
     pipe_writes: int = 0
     discarded_bytes: int = 0
