@@ -195,7 +195,7 @@ class Balancer:
             if pid != self.worker_pid:
                 continue  # an orphan of the worker's, adopted by us as subreaper
             how = describe_status(status)
-            self.stats.worker_exits.append(how)
+            self.stats.worker_exits = [*self.stats.worker_exits[-19:], how]  # the last 20
             self.worker_pid = 0
             self.stats.worker_pid = 0
             self._worker_gone.set()
