@@ -23,6 +23,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from harness.wait import async_wait_for as wait_until  # noqa: F401 - the name these tests use
+
 T = TypeVar("T")
 
 
@@ -175,18 +177,6 @@ async def stop_while_collecting(sim: Any, client: FeedClient) -> Received:
     received = await bounded(reading, 30, "the server's close")
     assert code == 0 and received.close_code == 1001, (code, received.close_code)
     return received
-
-
-async def wait_until(predicate: Callable[[], T], timeout: float, what: str,
-                     interval: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def bounded(awaitable: Awaitable[T], timeout: float, what: str) -> T:
