@@ -3,6 +3,8 @@ import sys
 
 import pytest
 
+from balancer import ktls
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DUMP_WORKER = [sys.executable, os.path.join(HERE, "dump_worker.py")]
 
@@ -10,3 +12,15 @@ DUMP_WORKER = [sys.executable, os.path.join(HERE, "dump_worker.py")]
 @pytest.fixture
 def dump_worker() -> list[str]:
     return list(DUMP_WORKER)
+
+
+@pytest.fixture(scope="module")
+def kernel_tls() -> None:
+    """The kTLS cases need a kernel with kTLS: inside the runner (TB_KTLS_REQUIRED) its absence
+    is a failure; elsewhere they skip and say how to run them."""
+    reason = ktls.probe()
+    if reason is not None:
+        message = f"{reason}; run these through: python -m ci.ktls_runner -- tests -m ktls"
+        if os.environ.get("TB_KTLS_REQUIRED"):
+            pytest.fail(message)
+        pytest.skip(message)

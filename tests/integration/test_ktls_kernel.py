@@ -8,7 +8,6 @@ getsockopt(SOL_TLS) reads back what was installed.
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import ssl
@@ -31,16 +30,6 @@ from tests.integration.test_ktls_peer import (
 
 pytestmark = pytest.mark.ktls
 DEADLINE = 60.0  # User-Mode Linux is slow: no AES-NI, costly system calls
-
-
-@pytest.fixture(scope="module")
-def kernel_tls() -> None:
-    reason = ktls.probe()
-    if reason is not None:
-        message = f"{reason}; run these through: python -m ci.ktls_runner -- tests -m ktls"
-        if os.environ.get("TB_KTLS_REQUIRED"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,10 @@ import pytest
 from balancer import ktls
 from harness.lb import LbProcess
 from harness.sim import SimProcess
-from tests.integration.test_ktls_sim import (  # noqa: F401 - kernel_tls is a fixture
+from tests.integration.test_ktls_sim import (
     DEADLINE,
     KernelTlsWatcher,
     assert_kernel_carried,
-    kernel_tls,
     start_lb,
     start_sim,
 )

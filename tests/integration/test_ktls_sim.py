@@ -41,16 +41,6 @@ SYS_PIDFD_GETFD = 438  # the same on every architecture but alpha; Linux >= 5.6
 
 
 @pytest.fixture(scope="module")
-def kernel_tls() -> None:
-    reason = ktls.probe()
-    if reason is not None:
-        message = f"{reason}; run these through: python -m ci.ktls_runner -- tests -m ktls"
-        if os.environ.get("TB_KTLS_REQUIRED"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
 def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One CA and server certificate per key type for the module's simulators."""
     return str(tmp_path_factory.mktemp("simulate-certs"))
