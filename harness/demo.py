@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         sim_args.append("--no-tls")
     print(f"lb-demo: simulate {' '.join(sim_args)}", file=sys.stderr)
     sim = SimProcess(sim_args, workdir=work).start()
-    options = ["--stats-interval", "0"]
+    options = ["--stats-interval", "0", "--ping-interval", "2", "--ping-timeout", "2"]  # a stall shows
     if sim.cafile:
         options += ["--cafile", sim.cafile]
     os.dup2(sys.stderr.fileno(), DISPLAY_FD)
