@@ -19,7 +19,7 @@ from balancer import frames, handshake, polygon
 from balancer.frames import Close, FrameDecoder, Ping, Pong, ProtocolError
 from balancer.router import Router, RouterError, RouteResult
 from balancer.stats import Stats
-from balancer.transport import ConnectError, Transport, open_transport
+from balancer.transport import ConnectError, Transport, open_transport, wait_ready
 from balancer.url import WebSocketURL
 
 log = logging.getLogger("lb")
@@ -164,8 +164,6 @@ class Session:
                 raise SessionEnded("handshake", str(exc)) from None
 
     async def _wait_readable(self, deadline: float, what: str) -> None:
-        from balancer.transport import wait_ready
-
         assert self.transport is not None and self._loop is not None
         try:
             await wait_ready(self._loop, self.transport.fd, False, max(0.0, deadline - self._loop.time()))

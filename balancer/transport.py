@@ -118,10 +118,6 @@ class Transport:
         if self._loop is not None:
             self._loop.remove_writer(self.fd)
 
-    @property
-    def unsent(self) -> int:
-        return sum(map(len, self._outbox))
-
     def close(self) -> None:
         if self.closed:
             return
