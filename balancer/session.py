@@ -8,6 +8,7 @@ routes every complete message, and writes each pipe once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import struct
@@ -19,7 +20,7 @@ from balancer import frames, handshake, polygon
 from balancer.frames import Close, FrameDecoder, Ping, Pong, ProtocolError
 from balancer.router import Router, RouterError, RouteResult
 from balancer.stats import Stats
-from balancer.transport import ConnectError, Transport, open_transport, wait_ready
+from balancer.transport import ConnectError, SendFailed, Transport, open_transport, wait_ready
 from balancer.url import WebSocketURL
 
 log = logging.getLogger("lb")
@@ -104,9 +105,10 @@ class Session:
         loop = self._loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         try:
-            self.transport = await self._connect()
+            self.transport = await self._until_done(self._connect())
+            self.transport.on_failure = self._send_failed
             self.stats.tls = str(self.transport.info)
-            await self._upgrade()
+            await self._until_done(self._upgrade())
             for message in self.polygon.opening_messages():
                 self._send_text(message)
             self._opened_at = self._last_rx = loop.time()
@@ -119,19 +121,38 @@ class Session:
             self._stop()
             self._done = None  # the exception it holds refers back to this frame: no cycle
 
+    async def _until_done(self, step: Any) -> Any:
+        """Run one connect phase, but give up on it at once when the session ends (SIGTERM)."""
+        assert self._done is not None
+        task = asyncio.ensure_future(step)
+        await asyncio.wait((task, self._done), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return self._done.result()  # raises the SessionEnded that ended it
+
+    def _send_failed(self, failure: SendFailed) -> None:
+        if self._opened_at:
+            self._on_readable()  # route what was received before the failure
+        self.end(failure.cause, str(failure))
+
     async def _connect(self) -> Transport:
         cfg = self.config
         try:
             return await open_transport(cfg.url, cfg.tls_mode, cfg.cafile, cfg.connect_timeout)
         except ConnectError as exc:
             raise SessionEnded("connect", str(exc)) from None
+        except TimeoutError:  # an OSError too in 3.11: before the OSError branch
+            raise SessionEnded("timeout", f"TLS handshake with {cfg.url.host} timed out "
+                                          f"after {cfg.connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as exc:
             reason = exc.verify_message or exc
             raise SessionEnded("tls", f"certificate verification failed: {reason}") from None
         except (ssl.SSLError, OSError) as exc:
-            raise SessionEnded("tls", f"TLS handshake with {cfg.url.host} failed: {exc}") from None
-        except TimeoutError:
-            raise SessionEnded("timeout", f"TLS handshake with {cfg.url.host} timed out") from None
+            raise SessionEnded("tls", f"TLS handshake with {cfg.url.host} failed: "
+                                      f"{exc or type(exc).__name__}") from None
 
     async def _upgrade(self) -> None:
         assert self.transport is not None and self._loop is not None
@@ -231,6 +252,7 @@ class Session:
         one_read = transport.info.mode != "userspace"
         got = 0
         eof = False
+        failure: tuple[str, str] | None = None
         try:
             while True:
                 buffer = decoder.recv_buffer()[: READ_SIZE - got]
@@ -246,12 +268,10 @@ class Session:
                     break
         except BlockingIOError:
             pass
-        except ssl.SSLError as exc:
-            self.end("tls", f"TLS error: {exc}")
-            return
+        except ssl.SSLError as exc:  # what was decrypted before it is routed below
+            failure = ("tls", f"TLS error: {exc}")
         except OSError as exc:
-            self.end("reset", f"connection lost: {exc}")
-            return
+            failure = ("reset", f"connection lost: {exc}")
         if got:
             self._last_rx = self._loop.time() if self._loop else 0.0
             self._ping_sent_at = None
@@ -270,7 +290,9 @@ class Session:
             self.fail(exc)
         except polygon.SessionError as exc:
             self.end("status", f"server said {exc}")
-        if eof:
+        if failure is not None:
+            self.end(*failure)
+        elif eof:
             cause = "shutdown" if self._close_sent else "eof"
             self.end(cause, "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
         elif self._reading and transport.pending() and self._loop is not None:

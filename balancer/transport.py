@@ -24,10 +24,22 @@ from balancer.url import WebSocketURL
 
 RCVBUF = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
+# What lb sends is small (upgrade, auth, subscribe, pongs, pings, close): more than this queued
+# unsent means the server does not read. The connection then ends instead of growing memory.
+MAX_OUTBOX = 1024 * 1024
 
 
 class ConnectError(Exception):
     """No address of the host could be reached (the message says why for each)."""
+
+
+class SendFailed(Exception):
+    """The connection cannot take what lb sends (reset, broken pipe, TLS EOF, or the server
+    does not read: ``cause`` is ``reset`` or ``unread``)."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class Reader(Protocol):
@@ -80,23 +92,46 @@ class Transport:
         self.peer = peer
         self._sender = sock
         self._outbox: deque[memoryview] = deque()
+        self._outbox_bytes = 0
+        self.failed: SendFailed | None = None
+        self.on_failure: Callable[[SendFailed], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
     def send(self, data: bytes) -> None:
-        if self.closed:
+        """Send or queue ``data``; never raises. A failure (the socket reset, closed, or a
+        queue past MAX_OUTBOX) is kept in ``failed`` and reported once through ``on_failure``
+        (scheduled, so the caller's own work, such as routing what was received, comes first)."""
+        if self.closed or self.failed is not None:
             return
         if not self._outbox:
             try:
                 n = self._sender.send(data)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 n = 0
+            except OSError as exc:  # ssl.SSLError (SSLEOFError...) is an OSError too
+                self._fail(SendFailed("reset", f"connection lost while sending: {_describe(exc)}"))
+                return
             if n == len(data):
                 return
             self._outbox.append(memoryview(data)[n:])
+            self._outbox_bytes = len(data) - n
             self._watch_writable()
         else:
             self._outbox.append(memoryview(data))
+            self._outbox_bytes += len(data)
+            if self._outbox_bytes > MAX_OUTBOX:
+                self._fail(SendFailed("unread", f"the server does not read: {self._outbox_bytes} bytes "
+                                                f"of ours unsent (limit {MAX_OUTBOX})"))
+
+    def _fail(self, failure: SendFailed) -> None:
+        self.failed = failure
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        if self._loop is not None:
+            self._loop.remove_writer(self.fd)
+        if self.on_failure is not None:
+            asyncio.get_running_loop().call_soon(self.on_failure, failure)
 
     def _watch_writable(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -107,14 +142,16 @@ class Transport:
             while self._outbox:
                 head = self._outbox[0]
                 n = self._sender.send(head)
+                self._outbox_bytes -= n
                 if n < len(head):
                     self._outbox[0] = head[n:]
                     return
                 self._outbox.popleft()
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
-        except OSError:
-            self._outbox.clear()
+        except OSError as exc:
+            self._fail(SendFailed("reset", f"connection lost while sending: {_describe(exc)}"))
+            return
         if self._loop is not None:
             self._loop.remove_writer(self.fd)
 
@@ -140,6 +177,10 @@ class Transport:
                 self.sock.unwrap()  # sends close_notify; the peer's reply is not awaited
         except (OSError, ValueError, ssl.SSLError):
             pass
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _nothing_pending() -> int:
@@ -185,6 +226,9 @@ async def _connect_tcp(loop: asyncio.AbstractEventLoop, url: WebSocketURL, timeo
         except (OSError, TimeoutError) as exc:
             sock.close()
             failures.append(f"{address[0]} port {address[1]}: {exc or 'timed out'}")
+        except BaseException:  # cancelled (SIGTERM): no socket left behind
+            sock.close()
+            raise
     raise ConnectError(f"cannot connect to {url.host}: " + "; ".join(failures))
 
 
