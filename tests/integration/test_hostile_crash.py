@@ -77,6 +77,7 @@ async def test_reset_right_after_the_101_is_a_reconnect(tmp_path, dump_worker):
     exact_pipes(str(tmp_path), feed)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 10 item 2: the test server does not stop reading yet and the bound is not wired to end the session")
 async def test_pings_from_a_server_that_never_reads_keep_memory_bounded(tmp_path, dump_worker):
     """Item 2: the pongs lb cannot send are bounded; past the bound the connection ends."""
     feed = Feed(7)
@@ -121,6 +122,7 @@ async def _fragments_until_closed(conn, first: bytes, piece: bytes, seconds: flo
     return any(f.opcode == 0x8 for f in conn.received) or conn.closed.is_set()
 
 
+@pytest.mark.xfail(strict=True, reason="issue 10 item 3: not fixed yet")
 async def test_endless_empty_fragments_end_the_connection(tmp_path, dump_worker):
     """Item 3: zero-length continuation frames count toward --max-message."""
     feed = Feed(7)
@@ -223,6 +225,7 @@ def _vm_size(pid: int) -> int:
     raise AssertionError("no VmSize")
 
 
+@pytest.mark.xfail(strict=True, reason="issue 10 item 7: not fixed yet")
 async def test_a_failed_allocation_ends_the_connection(tmp_path, dump_worker):
     """Item 7: with lb's address space capped, a frame header it cannot hold is one error line
     and a reconnect, not a wedge."""

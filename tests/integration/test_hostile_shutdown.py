@@ -117,6 +117,7 @@ async def test_sigterm_during_backoff_is_prompt(tmp_path, dump_worker):
     assert_clean_log(lb)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 11 item 9: not fixed yet")
 @pytest.mark.parametrize("trades", [2000])
 async def test_sigterm_while_paused_still_sends_a_close_frame(tmp_path, trades):
     """Issue 11 item 9: backpressure paused reading; SIGTERM must close with 1001, not reset."""
