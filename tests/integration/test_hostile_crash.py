@@ -77,7 +77,6 @@ async def test_reset_right_after_the_101_is_a_reconnect(tmp_path, dump_worker):
     exact_pipes(str(tmp_path), feed)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 2: not fixed yet")
 async def test_pings_from_a_server_that_never_reads_keep_memory_bounded(tmp_path, dump_worker):
     """Item 2: the pongs lb cannot send are bounded; past the bound the connection ends."""
     feed = Feed(7)
