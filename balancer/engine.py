@@ -19,6 +19,7 @@ from typing import Any
 from balancer.frames import FrameDecoder
 from balancer.router import SLOW_OVERHEAD, Chunk, Router
 
+
 def _load() -> Any:
     path = os.environ.get("LB_SPEEDUPS")  # a separately built extension (the sanitizer build)
     if path:

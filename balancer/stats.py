@@ -104,6 +104,7 @@ class StatusLine:
         return (
             f"{(s.trades - trades) / dt:,.0f} trades/s {(s.frames - frames) / dt:,.0f} frames/s "
             f"{(s.bytes - nbytes) / dt / 1e6:.1f} MB/s | total {s.trades:,} trades {s.frames:,} frames | "
-            f"{state} {s.tls} {s.engine} reconnects {s.reconnects} | backlog max {s.largest_backlog / 1e6:.1f} MB | "
+            f"{state} {s.tls} {s.engine} reconnects {s.reconnects} | "
+            f"backlog max {s.largest_backlog / 1e6:.1f} MB | "
             f"worker restarts {s.worker_restarts} | slow path {s.slow_messages}"
         )

@@ -112,7 +112,9 @@ def trade(draw: Any) -> bytes:
     layout = draw(st.sampled_from(["compact", "compact", "compact", "spaced", "reordered", "dupsym",
                                    "status", "nosym", "nested", "bracestr"]))
     rest = b',"i":"%d","x":4,"p":%d.%02d,"s":%d,"t":1700000000000' % (
-        draw(st.integers(0, 10**9)), draw(st.integers(0, 9999)), draw(st.integers(0, 99)), draw(st.integers(1, 10**6)))
+        draw(st.integers(0, 10**9)), draw(st.integers(0, 9999)), draw(st.integers(0, 99)),
+        draw(st.integers(1, 10**6)),
+    )
     enc = orjson.dumps(sym)
     if layout == "compact":
         return b'{"ev":"T","sym":' + enc + rest + b"}"
