@@ -198,3 +198,10 @@ def test_choose() -> None:
     assert engine.choose("python") == "python"
     assert engine.choose("auto") == "native"
     assert engine.choose("native") == "native"
+
+
+def test_native_unavailable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "_speedups", None)
+    assert engine.choose("auto") == "python"
+    with pytest.raises(engine.EngineUnavailable):
+        engine.choose("native")
