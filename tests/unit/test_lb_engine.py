@@ -135,7 +135,12 @@ def trade(draw: Any) -> bytes:
 
 @st.composite
 def message(draw: Any) -> bytes:
-    kind = draw(st.sampled_from(["array"] * 8 + ["invalid", "notarray", "empty"]))
+    kind = draw(st.sampled_from(["array"] * 4 + ["compact"] * 4 + ["invalid", "notarray", "empty"]))
+    if kind == "compact":  # what the native path takes: Polygon's layout, plain symbols
+        syms = draw(st.lists(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ.", max_size=12), min_size=1,
+                             max_size=12))
+        return b"[" + b",".join(b'{"ev":"T","sym":"%s","p":%d,"x":"%s"}' % (
+            s.encode(), i, b"q" * draw(st.integers(0, 300))) for i, s in enumerate(syms)) + b"]"
     if kind == "invalid":
         return b'[{"ev":"T","sym":"A","p":1' + draw(st.sampled_from([b"", b"}", b"},", b"}}]", b"x}]"]))
     if kind == "notarray":
