@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 DURATION ?= 600
 
-.PHONY: demo test unit integration ktls lint bench bench-check soak clean
+.PHONY: demo test unit integration ktls lint bench bench-check soak clean sanitize
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,9 @@ demo: $(STAMP)
 # kernel-TLS cases on a kernel that has kTLS (natively, or inside User-Mode Linux).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m 'not ktls' tests
+	LB_REQUIRE_NATIVE=1 $(BIN)/pytest -m 'not ktls' tests
+	LB_ENGINE=python $(BIN)/pytest -q -m 'not ktls' tests/integration/test_lb_feed.py tests/integration/test_lb_worker.py
+	PYTHON=$(BIN)/python bash ci/sanitize.sh
 	$(BIN)/python -m ci.ktls_runner -- tests -m ktls
 
 unit: $(STAMP)
@@ -35,6 +37,10 @@ ktls: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The differential suite against an AddressSanitizer + UBSan build of balancer/_speedups.c.
+sanitize: $(STAMP)
+	PYTHON=$(BIN)/python bash ci/sanitize.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

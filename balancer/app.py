@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import orjson
 
-from balancer import polygon
+from balancer import engine, polygon
 from balancer.cli import EXIT_AUTH, EXIT_OK, EXIT_USAGE, Config
 from balancer.frames import FrameDecoder
 from balancer.pipes import PipeSet
@@ -247,8 +247,9 @@ class Balancer:
         failures = 0  # consecutive attempts that delivered nothing
         auth_failures = 0
         while not self.stopping:
+            native = engine.NativeEngine(c.npipes) if self.stats.engine == "native" else None
             session = Session(session_config, self.router, self.output, self.stats, self.recorder,
-                              self.decoder)
+                              self.decoder, native)
             self.session = session
             if self.output.paused:
                 session.pause_reading()
@@ -420,7 +421,14 @@ def run(config: Config) -> int:
         log.error("%s", exc)
         return EXIT_USAGE
     try:
+        engine_name = engine.choose(config.engine)
+    except engine.EngineUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    log.info("data path: %s engine", engine_name)
+    try:
         balancer = Balancer(config, tls_mode)
+        balancer.stats.engine = engine_name
     except OSError as exc:
         log.error("cannot set up the pipes: %s", exc)
         return EXIT_USAGE

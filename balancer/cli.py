@@ -59,6 +59,7 @@ class Config:
     shutdown_timeout: float
     connect_timeout: float
     verbosity: int
+    engine: str = "auto"  # --engine: auto | native | python
 
 
 class UsageError(Exception):
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "ping (default: %(default)g)")
     feed.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds(False), default=10.0,
                       help="limit for connect, TLS, upgrade and auth+subscribe (default: %(default)g)")
+    feed.add_argument("--engine", choices=("auto", "native", "python"),
+                      default=os.environ.get("LB_ENGINE", "auto"),
+                      help="data path: native (compiled balancer._speedups), python, or auto: native when "
+                           "built (default: $LB_ENGINE or auto)")
     feed.add_argument("--max-message", metavar="BYTES", type=parse_size, default=64 << 20,
                       help="largest websocket message accepted (default: 64M)")
     pipes = p.add_argument_group("pipes")
@@ -211,6 +216,7 @@ def parse_config(argv: list[str]) -> Config:
         shutdown_timeout=ns.shutdown_timeout,
         connect_timeout=ns.connect_timeout,
         verbosity=ns.verbose - ns.quiet,
+        engine=ns.engine,
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from balancer import frames, handshake, polygon
+from balancer.engine import NativeEngine
 from balancer.frames import Close, FrameDecoder, Ping, Pong, ProtocolError
 from balancer.router import Router, RouterError, RouteResult
 from balancer.stats import Stats
@@ -72,6 +73,7 @@ class Session:
         stats: Stats,
         recorder: Recorder | None = None,
         decoder: FrameDecoder | None = None,
+        engine: NativeEngine | None = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -82,6 +84,7 @@ class Session:
         # One decoder (and its receive buffer) serves every connection of the process.
         self.decoder = decoder or FrameDecoder(max_message=config.max_message)
         self.decoder.reset()
+        self.engine = engine  # the native data path, or None for pure Python
         self.transport: Transport | None = None
         self.delivered = 0  # trades this connection delivered
         self._done: asyncio.Future[None] | None = None
@@ -278,6 +281,11 @@ class Session:
             self.stats.bytes += got
             self.stats.reads += 1
         try:
+            if self.engine is not None and self.recorder is None:
+                messages, trades = self.engine.run(decoder, self.router)
+                self.delivered += trades
+                self.stats.trades += trades
+                self.stats.messages += messages
             self._handle_events(decoder.events())
             decoder.check()
         except ProtocolError as exc:

@@ -30,6 +30,7 @@ def rss_bytes() -> int:
 class Stats:
     started: float = field(default_factory=time.time)
     tls: str = "-"
+    engine: str = "python"  # the data path: "native" or "python"
     connected: bool = False
     trades: int = 0
     messages: int = 0
@@ -103,6 +104,7 @@ class StatusLine:
         return (
             f"{(s.trades - trades) / dt:,.0f} trades/s {(s.frames - frames) / dt:,.0f} frames/s "
             f"{(s.bytes - nbytes) / dt / 1e6:.1f} MB/s | total {s.trades:,} trades {s.frames:,} frames | "
-            f"{state} {s.tls} reconnects {s.reconnects} | backlog max {s.largest_backlog / 1e6:.1f} MB | "
+            f"{state} {s.tls} {s.engine} reconnects {s.reconnects} | "
+            f"backlog max {s.largest_backlog / 1e6:.1f} MB | "
             f"worker restarts {s.worker_restarts} | slow path {s.slow_messages}"
         )

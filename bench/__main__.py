@@ -56,10 +56,11 @@ def throughput_table(trades: int, naive_trades: int, runs: int, quick: bool) -> 
     rows = []
     configs = [(tls, batch, npipes) for tls in ("none", "userspace") for batch in (100, 1000)
                for npipes in (4, 32)]
+    configs = [("none", 1, 32), ("none", 10, 32), *configs]  # small frames: Polygon's common case
     if quick:
         configs = [("none", 1000, 32), ("userspace", 1000, 32)]
     for tls, batch, npipes in configs:
-        for balancer, n in (("lb", trades), ("naive", naive_trades)):
+        for balancer, n in (("lb", trades), ("lb-py", trades), ("naive", naive_trades)):
             row = median_run(balancer, tls, batch, npipes, n, runs)
             print(row.row(), flush=True)
             rows.append(row)

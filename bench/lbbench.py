@@ -81,8 +81,9 @@ def run_once(balancer: str, tls: str, batch: int, npipes: int, trades: int) -> R
         info = wait_json(ready, 120, "the blaster")
         worker = [sys.executable, "-m", "bench.drain_worker", "--expect", str(info["pipe_bytes"]),
                   "--notify", fifo]
-        if balancer == "lb":
-            cmd = [sys.executable, "-m", "balancer", "--stats-interval", "0", "-q"]
+        if balancer in ("lb", "lb-py"):
+            cmd = [sys.executable, "-m", "balancer", "--stats-interval", "0", "-q",
+                   "--engine", "native" if balancer == "lb" else "python"]
             if cafile:
                 cmd += ["--cafile", cafile, "--tls", tls]
         else:

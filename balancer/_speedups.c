@@ -1,0 +1,270 @@
+/* lb's optional native data path: whole websocket data frames in the receive buffer ->
+ * per-pipe framed batches ([u32 LE len][trade bytes]) plus per-message sizes.
+ *
+ * It accepts only what the pure-Python fast path accepts (FIN text/binary frames, unmasked,
+ * no RSV bits, within max_message, with Polygon's exact compact layout and plain symbols) and
+ * stops at the first frame it does not take: that frame and everything after it go to the
+ * Python decoder and router, which stay the authority for every other rule. A message is
+ * validated whole before anything of it is emitted. All state lives in the Engine object
+ * (one per connection / balancer); there is no mutable global state. Every read is checked
+ * against the buffer's length. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static const char HEAD[] = "{\"ev\":\"T\",\"sym\":\"";
+#define HEAD_LEN 17
+#define MAX_SYMBOL 32
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+    uint32_t *lens;
+    size_t nlens, lcap;
+} PipeBuf;
+
+typedef struct {
+    size_t start, len;
+    uint32_t pipe;
+} Obj;
+
+typedef struct {
+    PyObject_HEAD
+    uint32_t npipes;
+    PipeBuf *pipes;
+    Obj *objs;
+    size_t ocap;
+} Engine;
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap : 64;
+    while (n < need) {
+        if (n > SIZE_MAX / 2 / elem) return -1;
+        n *= 2;
+    }
+    void *q = PyMem_Realloc(*p, n * elem);
+    if (!q) return -1;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+static uint32_t route(const unsigned char *s, size_t n, uint32_t npipes) {
+    uint64_t h = 0xCBF29CE484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= s[i];
+        h *= 0x100000001B3ULL;
+    }
+    return (uint32_t)((h >> 32) % npipes);
+}
+
+/* Validate one payload; fill e->objs. Returns the object count, 0 to hand back, -1 on no memory. */
+static Py_ssize_t split_message(Engine *e, const unsigned char *p, size_t n) {
+    if (n < HEAD_LEN + 3 || p[0] != '[' || memcmp(p + 1, HEAD, HEAD_LEN) != 0 || p[n - 2] != '}' ||
+        p[n - 1] != ']')
+        return 0;
+    size_t braces = 0;
+    for (size_t i = 0; i < n; i++) braces += (p[i] == '{');
+    size_t count = 0;
+    size_t obj = 1; /* offset of the current object's '{' */
+    const size_t last_close = n - 2;
+    for (;;) {
+        /* the end of this object: the next "},{\"e" at or after obj+1, or the final '}' */
+        size_t close = last_close;
+        size_t next = 0;
+        const unsigned char *hit = NULL;
+        if (obj + 1 < n) {
+            hit = memmem(p + obj + 1, n - (obj + 1), "},{\"e", 5);
+        }
+        if (hit != NULL && (size_t)(hit - p) < last_close) {
+            close = (size_t)(hit - p);
+            next = close + 2;
+        } else if (hit != NULL && (size_t)(hit - p) + 5 <= n) {
+            return 0; /* a split point overlapping the final "}]": odd, hand back */
+        }
+        /* the object is p[obj .. close] inclusive; its body must start with HEAD */
+        if (close < obj + HEAD_LEN || memcmp(p + obj, HEAD, HEAD_LEN) != 0) return 0;
+        size_t sym = obj + HEAD_LEN;
+        size_t q = sym;
+        while (q < close && p[q] != '"') {
+            unsigned char c = p[q];
+            if (c == '\\' || c < 0x20 || c >= 0x80) return 0;
+            q++;
+        }
+        if (q >= close || q - sym > MAX_SYMBOL) return 0;
+        if (grow((void **)&e->objs, &e->ocap, count + 1, sizeof(Obj)) < 0) return -1;
+        e->objs[count].start = obj;
+        e->objs[count].len = close + 1 - obj;
+        e->objs[count].pipe = route(p + sym, q - sym, e->npipes);
+        count++;
+        if (!next) break;
+        obj = next;
+    }
+    if (braces != count) return 0;
+    return (Py_ssize_t)count;
+}
+
+static int emit(Engine *e, const unsigned char *p, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        Obj *o = &e->objs[i];
+        if (o->len > UINT32_MAX) return -1;
+        PipeBuf *b = &e->pipes[o->pipe];
+        if (grow((void **)&b->data, &b->cap, b->len + 4 + o->len, 1) < 0) return -1;
+        if (grow((void **)&b->lens, &b->lcap, b->nlens + 1, sizeof(uint32_t)) < 0) return -1;
+        uint32_t len = (uint32_t)o->len;
+        unsigned char *w = (unsigned char *)b->data + b->len;
+        w[0] = (unsigned char)(len & 0xFF);
+        w[1] = (unsigned char)((len >> 8) & 0xFF);
+        w[2] = (unsigned char)((len >> 16) & 0xFF);
+        w[3] = (unsigned char)((len >> 24) & 0xFF);
+        memcpy(w + 4, p + o->start, o->len);
+        b->len += 4 + o->len;
+        b->lens[b->nlens++] = len;
+    }
+    return 0;
+}
+
+/* scan(buffer, start, end, max_message) -> (pos, frames, trades, [(pipe, data, lens, wide)]) */
+static PyObject *Engine_scan(Engine *e, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, end, max_message;
+    if (!PyArg_ParseTuple(args, "y*nnn", &view, &start, &end, &max_message)) return NULL;
+    PyObject *result = NULL;
+    if (start < 0 || end < start || end > view.len || max_message < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad buffer range");
+        goto done;
+    }
+    const unsigned char *buf = view.buf;
+    size_t pos = (size_t)start, stop = (size_t)end;
+    Py_ssize_t frames = 0, trades = 0;
+    for (uint32_t i = 0; i < e->npipes; i++) e->pipes[i].len = e->pipes[i].nlens = 0;
+    for (;;) {
+        size_t avail = stop - pos;
+        if (avail < 2) break;
+        unsigned char b0 = buf[pos], b1 = buf[pos + 1];
+        if ((b0 != 0x81 && b0 != 0x82) || (b1 & 0x80)) break;
+        uint64_t length = b1 & 0x7F;
+        size_t header = 2;
+        if (length == 126) {
+            if (avail < 4) break;
+            length = ((uint64_t)buf[pos + 2] << 8) | buf[pos + 3];
+            header = 4;
+        } else if (length == 127) {
+            if (avail < 10) break;
+            length = 0;
+            for (int k = 0; k < 8; k++) length = (length << 8) | buf[pos + 2 + k];
+            header = 10;
+        }
+        if (length > (uint64_t)max_message || length > avail - header) break;
+        const unsigned char *payload = buf + pos + header;
+        Py_ssize_t count = split_message(e, payload, (size_t)length);
+        if (count < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        if (count == 0) break;
+        if (emit(e, payload, (size_t)count) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        frames++;
+        trades += count;
+        pos += header + (size_t)length;
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) goto done;
+    for (uint32_t i = 0; i < e->npipes; i++) {
+        PipeBuf *b = &e->pipes[i];
+        if (!b->nlens) continue;
+        int wide = 0;
+        for (size_t k = 0; k < b->nlens; k++) wide |= b->lens[k] > 255;
+        PyObject *lens;
+        if (wide) {
+            lens = PyBytes_FromStringAndSize((const char *)b->lens, (Py_ssize_t)(b->nlens * sizeof(uint32_t)));
+        } else {
+            lens = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)b->nlens);
+            if (lens) {
+                char *l = PyBytes_AS_STRING(lens);
+                for (size_t k = 0; k < b->nlens; k++) l[k] = (char)(unsigned char)b->lens[k];
+            }
+        }
+        PyObject *item = lens ? Py_BuildValue("(Iy#Ni)", i, b->data, (Py_ssize_t)b->len, lens, wide) : NULL;
+        if (!item || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+    result = Py_BuildValue("(nnnN)", (Py_ssize_t)pos, frames, trades, out);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"npipes", NULL};
+    unsigned int npipes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "I", kwlist, &npipes)) return -1;
+    if (npipes < 1) {
+        PyErr_SetString(PyExc_ValueError, "npipes must be at least 1");
+        return -1;
+    }
+    if (e->pipes) return 0;
+    e->pipes = PyMem_Calloc(npipes, sizeof(PipeBuf));
+    if (!e->pipes) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    e->npipes = npipes;
+    return 0;
+}
+
+static void Engine_dealloc(Engine *e) {
+    if (e->pipes) {
+        for (uint32_t i = 0; i < e->npipes; i++) {
+            PyMem_Free(e->pipes[i].data);
+            PyMem_Free(e->pipes[i].lens);
+        }
+        PyMem_Free(e->pipes);
+    }
+    PyMem_Free(e->objs);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"scan", (PyCFunction)Engine_scan, METH_VARARGS,
+     "scan(buffer, start, end, max_message) -> (pos, frames, trades, batches)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "balancer._speedups.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+    .tp_doc = "Per-connection native data path state.",
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "balancer._speedups", "lb's native data path.", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (PyType_Ready(&EngineType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&EngineType);
+    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
+        Py_DECREF(&EngineType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
