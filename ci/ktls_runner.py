@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import lzma
 import os
 import select
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,28 +86,82 @@ def find_uml(root: Path) -> UmlKernel | None:
     return UmlKernel(binary, releases[-1].parent)
 
 
-def _apt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    if shutil.which("apt-get") is None:
-        raise CannotRun("no apt-get here to fetch user-mode-linux; install it by hand "
-                        "(its linux.uml and modules under /usr) or use a kernel with kTLS")
-    return subprocess.run(["apt-get", *args], cwd=cwd, capture_output=True, text=True)
+# Debian stable's user-mode-linux (6.1) and trixie's (6.12) panic at the first user process on
+# hosts whose CPUs have AMX ("ptrace set fp regs failed, errno = 14": the guest's FP state buffer
+# is smaller than the host's XSAVE area). The kernel from Debian unstable (7.x) has the fix; it is
+# built against a newer glibc than stable's, so the C library comes from the same suite and the
+# binary is pointed at it with patchelf. Only the UML kernel process uses that libc: the guest's
+# programs run from the host's own root (hostfs).
+DEBIAN_MIRROR = os.environ.get("TB_UML_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_SUITE = os.environ.get("TB_UML_SUITE", "sid")
+UML_PACKAGES = ("user-mode-linux", "libc6")
 
 
-def download_package(directory: Path) -> Path:
-    fetched = _apt("download", "-q", "user-mode-linux", cwd=directory)
-    if fetched.returncode != 0:
-        say("apt-get download failed; updating the package lists and trying again")
-        updated = _apt("update", "-q", cwd=directory)
-        if updated.returncode != 0:
-            raise CannotRun(f"apt-get update failed: {updated.stderr.strip()[-300:]}")
-        fetched = _apt("download", "-q", "user-mode-linux", cwd=directory)
-        if fetched.returncode != 0:
-            raise CannotRun(f"apt-get download user-mode-linux failed: "
-                            f"{fetched.stderr.strip()[-300:]}")
-    packages = sorted(directory.glob("user-mode-linux_*.deb"))
-    if not packages:
-        raise CannotRun("apt-get download succeeded but left no user-mode-linux .deb")
-    return packages[-1]
+def _architecture() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _fetch(url: str, timeout: float = 300.0) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except OSError as exc:
+        raise CannotRun(f"cannot fetch {url}: {exc}") from None
+
+
+def package_files(index: str, names: tuple[str, ...]) -> dict[str, str]:
+    """Each named package's pool path (``Filename:``) in a Debian ``Packages`` index."""
+    found: dict[str, str] = {}
+    for stanza in index.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines()
+                      if ": " in line and not line.startswith(" "))
+        name = fields.get("Package")
+        if name in names and name not in found and "Filename" in fields:
+            found[name] = fields["Filename"]
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise CannotRun(f"Debian {DEBIAN_SUITE} lists no {', '.join(missing)}")
+    return found
+
+
+def download_packages(directory: Path) -> dict[str, Path]:
+    arch = _architecture()
+    say(f"fetching the package index of Debian {DEBIAN_SUITE} ({arch})")
+    index_url = f"{DEBIAN_MIRROR}/dists/{DEBIAN_SUITE}/main/binary-{arch}/Packages.xz"
+    index = lzma.decompress(_fetch(index_url)).decode("utf-8", "replace")
+    debs: dict[str, Path] = {}
+    for name, pool_path in package_files(index, UML_PACKAGES).items():
+        target = directory / Path(pool_path).name
+        target.write_bytes(_fetch(f"{DEBIAN_MIRROR}/{pool_path}"))
+        debs[name] = target
+    return debs
+
+
+def _run(command: list[str], what: str) -> None:
+    if shutil.which(command[0]) is None:
+        raise CannotRun(f"{command[0]} is not installed (needed to {what})")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CannotRun(f"{what} failed: {done.stderr.strip()[-300:]}")
+
+
+def unpack_uml(debs: dict[str, Path], unpacked: Path, final: Path) -> None:
+    """Extract the kernel and its C library into ``unpacked`` and make the kernel load that
+    library from where it will be once ``unpacked`` is renamed to ``final``."""
+    for deb in debs.values():
+        _run(["dpkg-deb", "-x", str(deb), str(unpacked)], f"dpkg-deb -x {deb.name}")
+    libdirs = sorted({p.parent for p in unpacked.glob("usr/lib*/**/ld-linux*.so*")})
+    if not libdirs:
+        raise CannotRun("the libc6 package holds no dynamic loader")
+    libdir = next((d for d in libdirs if (d / "libc.so.6").exists()), libdirs[0])
+    loader = sorted(libdir.glob("ld-linux*.so*"))[0]
+    binary = unpacked / "usr" / "bin" / "linux.uml"
+    moved_loader = final / loader.relative_to(unpacked)
+    moved_libdir = final / libdir.relative_to(unpacked)
+    _run(["patchelf", "--set-interpreter", str(moved_loader), "--set-rpath", str(moved_libdir),
+          str(binary)],
+         "point linux.uml at its C library")
 
 
 def fetch_uml(cache: Path) -> UmlKernel:
@@ -121,12 +177,9 @@ def fetch_uml(cache: Path) -> UmlKernel:
             return found
         say(f"fetching user-mode-linux into {cache}")
         with tempfile.TemporaryDirectory(dir=cache) as work:
-            package = download_package(Path(work))
+            debs = download_packages(Path(work))
             unpacked = Path(work) / "root"
-            extracted = subprocess.run(["dpkg-deb", "-x", str(package), str(unpacked)],
-                                       capture_output=True, text=True)
-            if extracted.returncode != 0:
-                raise CannotRun(f"dpkg-deb -x {package.name}: {extracted.stderr.strip()}")
+            unpack_uml(debs, unpacked, cache / "root")
             unpacked.rename(cache / "root")
     found = find_uml(cache / "root")
     if found is None:

@@ -37,13 +37,15 @@ GUEST_TMPDIR = "/dev/shm/tmp"
 
 # The kernel asks for crypto algorithms by name and, with the module helper off,
 # nothing loads them: so the algorithms the tls module needs are listed here too.
-# Dependencies between modules come from modules.dep.
-WANTED_MODULES = (
+# Dependencies between modules come from modules.dep. A tuple names alternatives, the first
+# present wins: newer kernels (7.x) folded ghash-generic, chacha_generic and poly1305_generic
+# into libraries and renamed modules.
+WANTED_MODULES: tuple[str | tuple[str, ...], ...] = (
     "kernel/crypto/ctr.ko",
-    "kernel/crypto/ghash-generic.ko",
+    ("kernel/crypto/ghash-generic.ko", "kernel/lib/crypto/libgf128hash.ko"),
     "kernel/crypto/gcm.ko",
-    "kernel/crypto/chacha_generic.ko",
-    "kernel/crypto/poly1305_generic.ko",
+    ("kernel/crypto/chacha_generic.ko", "kernel/crypto/chacha.ko"),
+    ("kernel/crypto/poly1305_generic.ko", "kernel/lib/crypto/libpoly1305.ko"),
     "kernel/crypto/chacha20poly1305.ko",
     "kernel/crypto/ccm.ko",
     "kernel/net/tls/tls.ko",
@@ -110,8 +112,11 @@ def disable_module_helper() -> None:
     Path("/proc/sys/kernel/modprobe").write_text("/bin/true\n")
 
 
-def module_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[str]:
-    """The wanted modules and their dependencies, each after what it depends on."""
+def module_order(modules_dir: Path, wanted: tuple[str | tuple[str, ...], ...]) -> list[str]:
+    """The wanted modules and their dependencies, each after what it depends on.
+
+    An entry that is a tuple is a set of alternatives: the first one modules.dep lists.
+    """
     depends: dict[str, list[str]] = {}
     for line in (modules_dir / "modules.dep").read_text().splitlines():
         name, _, deps = line.partition(":")
@@ -127,8 +132,12 @@ def module_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[str]:
             visit(dependency)
         order.append(name)
 
-    for name in wanted:
-        visit(name)
+    for entry in wanted:
+        if isinstance(entry, tuple):
+            present = [name for name in entry if name in depends]
+            visit(present[0] if present else entry[0])
+        else:
+            visit(entry)
     return order
 
 

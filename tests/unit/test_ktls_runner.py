@@ -134,6 +134,32 @@ def test_modules_come_after_their_dependencies(tmp_path: Path) -> None:
         uml_guest.module_order(tmp_path, ("kernel/crypto/ccm.ko",))
 
 
+def test_the_first_alternative_modules_dep_lists_is_loaded(tmp_path: Path) -> None:
+    (tmp_path / "modules.dep").write_text(
+        "kernel/crypto/chacha.ko: kernel/lib/crypto/libchacha.ko\n"
+        "kernel/lib/crypto/libchacha.ko:\n"
+    )
+    wanted = (("kernel/crypto/chacha_generic.ko", "kernel/crypto/chacha.ko"),)
+    assert uml_guest.module_order(tmp_path, wanted) == ["kernel/lib/crypto/libchacha.ko",
+                                                        "kernel/crypto/chacha.ko"]
+    with pytest.raises(uml_guest.GuestError, match=r"ghash-generic\.ko"):
+        uml_guest.module_order(tmp_path, (("kernel/crypto/ghash-generic.ko",
+                                           "kernel/lib/crypto/libgf128hash.ko"),))
+
+
+def test_package_paths_come_from_the_debian_index() -> None:
+    index = ("Package: libc6\nVersion: 2.43-7\nDescription: GNU C Library\n second line: x\n"
+             "Filename: pool/main/g/glibc/libc6_2.43-7_amd64.deb\n\n"
+             "Package: user-mode-linux\nVersion: 7.2um1\n"
+             "Filename: pool/main/u/user-mode-linux/user-mode-linux_7.2um1_amd64.deb\n")
+    assert ktls_runner.package_files(index, ("user-mode-linux", "libc6")) == {
+        "user-mode-linux": "pool/main/u/user-mode-linux/user-mode-linux_7.2um1_amd64.deb",
+        "libc6": "pool/main/g/glibc/libc6_2.43-7_amd64.deb",
+    }
+    with pytest.raises(ktls_runner.CannotRun, match="lists no libc6"):
+        ktls_runner.package_files(index.split("\n\n")[1], ("user-mode-linux", "libc6"))
+
+
 def test_the_guest_init_refuses_to_run_outside_a_guest() -> None:
     with pytest.raises(uml_guest.GuestError, match="PID 1"):
         uml_guest.mount_own_proc()
