@@ -34,6 +34,14 @@ async def _timed_stop(lb: LbProcess) -> tuple[int, float]:
     return code, time.monotonic() - t0
 
 
+def _assert_prompt(lb: LbProcess, case: str, code: int, took: float) -> None:
+    """lb stopped cleanly within PROMPT seconds of SIGTERM, with a clean log."""
+    record(case, {"shutdown_s": took})
+    assert code == 0
+    assert took < PROMPT, f"SIGTERM took {took:.2f} s"
+    assert_clean_log(lb)
+
+
 async def test_sigterm_during_a_hanging_upgrade_is_prompt(tmp_path, dump_worker):
     async def hang(conn, head):
         await asyncio.sleep(60)
@@ -44,10 +52,7 @@ async def test_sigterm_during_a_hanging_upgrade_is_prompt(tmp_path, dump_worker)
         await async_wait_for(lambda: server.requests, 20, "lb's upgrade request")
         await asyncio.sleep(0.3)
         code, took = await _timed_stop(lb)
-    record("10 SIGTERM in the upgrade", {"shutdown_s": took})
-    assert code == 0
-    assert took < PROMPT, f"SIGTERM took {took:.2f} s"
-    assert_clean_log(lb)
+    _assert_prompt(lb, "10 SIGTERM in the upgrade", code, took)
 
 
 async def test_sigterm_during_a_silent_tls_handshake_is_prompt(tmp_path, dump_worker):
@@ -67,10 +72,7 @@ async def test_sigterm_during_a_silent_tls_handshake_is_prompt(tmp_path, dump_wo
         loop.remove_reader(listener.fileno())
         for s in [*accepted, listener]:
             s.close()
-    record("11.8 SIGTERM in the TLS handshake", {"shutdown_s": took})
-    assert code == 0
-    assert took < PROMPT, f"SIGTERM took {took:.2f} s"
-    assert_clean_log(lb)
+    _assert_prompt(lb, "11.8 SIGTERM in the TLS handshake", code, took)
 
 
 async def test_sigterm_during_a_hanging_tcp_connect_is_prompt(tmp_path, dump_worker):
@@ -95,10 +97,7 @@ async def test_sigterm_during_a_hanging_tcp_connect_is_prompt(tmp_path, dump_wor
     finally:
         for s in [*fillers, listener]:
             s.close()
-    record("11.8 SIGTERM in TCP connect", {"shutdown_s": took})
-    assert code == 0
-    assert took < PROMPT, f"SIGTERM took {took:.2f} s"
-    assert_clean_log(lb)
+    _assert_prompt(lb, "11.8 SIGTERM in TCP connect", code, took)
 
 
 async def test_sigterm_during_backoff_is_prompt(tmp_path, dump_worker):
@@ -111,10 +110,7 @@ async def test_sigterm_during_backoff_is_prompt(tmp_path, dump_worker):
     await async_wait_for(lambda: lb.stats().get("disconnects", {}).get("connect", 0) >= 4, 30,
                          "four refused connects")
     code, took = await _timed_stop(lb)
-    record("11.8 SIGTERM in backoff", {"shutdown_s": took})
-    assert code == 0
-    assert took < PROMPT, f"SIGTERM took {took:.2f} s"
-    assert_clean_log(lb)
+    _assert_prompt(lb, "11.8 SIGTERM in backoff", code, took)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 11 item 9: not fixed yet")
