@@ -246,8 +246,9 @@ class Balancer:
         )
         failures = 0  # consecutive attempts that delivered nothing
         auth_failures = 0
+        # one engine for every connection, as the decoder: its scratch buffers are reused
+        native = engine.NativeEngine(c.npipes) if self.stats.engine == "native" else None
         while not self.stopping:
-            native = engine.NativeEngine(c.npipes) if self.stats.engine == "native" else None
             session = Session(session_config, self.router, self.output, self.stats, self.recorder,
                               self.decoder, native)
             self.session = session

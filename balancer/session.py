@@ -21,7 +21,7 @@ from balancer.engine import NativeEngine
 from balancer.frames import Close, FrameDecoder, Ping, Pong, ProtocolError
 from balancer.router import Router, RouterError, RouteResult
 from balancer.stats import Stats
-from balancer.transport import ConnectError, SendFailed, Transport, open_transport, wait_ready
+from balancer.transport import ConnectError, SendFailed, Transport, describe, open_transport, wait_ready
 from balancer.url import WebSocketURL
 
 log = logging.getLogger("lb")
@@ -154,8 +154,7 @@ class Session:
             reason = exc.verify_message or exc
             raise SessionEnded("tls", f"certificate verification failed: {reason}") from None
         except (ssl.SSLError, OSError) as exc:
-            raise SessionEnded("tls", f"TLS handshake with {cfg.url.host} failed: "
-                                      f"{exc or type(exc).__name__}") from None
+            raise SessionEnded("tls", f"TLS handshake with {cfg.url.host} failed: {describe(exc)}") from None
 
     async def _upgrade(self) -> None:
         assert self.transport is not None and self._loop is not None

@@ -110,7 +110,7 @@ class Transport:
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 n = 0
             except OSError as exc:  # ssl.SSLError (SSLEOFError...) is an OSError too
-                self._fail(SendFailed("reset", f"connection lost while sending: {_describe(exc)}"))
+                self._fail(SendFailed("reset", f"connection lost while sending: {describe(exc)}"))
                 return
             if n == len(data):
                 return
@@ -150,7 +150,7 @@ class Transport:
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
         except OSError as exc:
-            self._fail(SendFailed("reset", f"connection lost while sending: {_describe(exc)}"))
+            self._fail(SendFailed("reset", f"connection lost while sending: {describe(exc)}"))
             return
         if self._loop is not None:
             self._loop.remove_writer(self.fd)
@@ -179,7 +179,8 @@ class Transport:
             pass
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An exception's text, or its type's name when the text is empty (TimeoutError())."""
     return str(exc) or type(exc).__name__
 
 
