@@ -17,7 +17,7 @@ from typing import IO, Any
 import orjson
 
 from balancer import engine, polygon
-from balancer.cli import EXIT_AUTH, EXIT_OK, EXIT_USAGE, Config
+from balancer.config import EXIT_AUTH, EXIT_OK, EXIT_USAGE, Config
 from balancer.frames import FrameDecoder
 from balancer.pipes import PipeSet
 from balancer.router import Router

@@ -1,4 +1,4 @@
-"""``lb``: the command line, compatible with the C original, and the process's exit codes."""
+"""``lb``: the command line, compatible with the C original (settings and exit codes: ``config``)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
 
-from balancer.url import URLError, WebSocketURL, parse_url
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_AUTH = 3
+from balancer.config import EXIT_USAGE, Config
+from balancer.url import URLError, parse_url
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -34,32 +30,6 @@ examples:
   lb - wss://socket.polygon.io/stocks 32 ~/work lb-pool --procs 4 --handler stats
   lb --cafile ca.pem - wss://localhost:8765/stocks 8 /tmp python3 analyze.py
   lb --subscribe T.AAPL,T.MSFT - wss://delayed.polygon.io/stocks 4 . ./only-log-from-pipes"""
-
-
-@dataclass(slots=True)
-class Config:
-    key: str
-    url: WebSocketURL
-    npipes: int
-    workdir: str
-    exe: str
-    args: list[str]
-    subscribe: str
-    cafile: str | None
-    tls: str
-    ping_interval: float
-    ping_timeout: float
-    pipe_size: int
-    max_backlog: int
-    max_message: int
-    stats_interval: float
-    stats_file: str | None
-    ready_file: str | None
-    record: str | None
-    shutdown_timeout: float
-    connect_timeout: float
-    verbosity: int
-    engine: str = "auto"  # --engine: auto | native | python
 
 
 class UsageError(Exception):

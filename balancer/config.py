@@ -1,0 +1,42 @@
+"""lb's settings and exit codes: what the command line produces and the balancer consumes.
+
+Kept apart from ``cli`` (which parses) and ``app`` (which runs) so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from balancer.url import WebSocketURL
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+
+__all__ = ["EXIT_AUTH", "EXIT_OK", "EXIT_USAGE", "Config"]
+
+
+@dataclass(slots=True)
+class Config:
+    key: str
+    url: WebSocketURL
+    npipes: int
+    workdir: str
+    exe: str
+    args: list[str]
+    subscribe: str
+    cafile: str | None
+    tls: str
+    ping_interval: float
+    ping_timeout: float
+    pipe_size: int
+    max_backlog: int
+    max_message: int
+    stats_interval: float
+    stats_file: str | None
+    ready_file: str | None
+    record: str | None
+    shutdown_timeout: float
+    connect_timeout: float
+    verbosity: int
+    engine: str = "auto"  # --engine: auto | native | python
