@@ -176,6 +176,7 @@ class Balancer:
         self._worker_gone: asyncio.Event
         self._restart_task: asyncio.Task[None] | None = None
         self.output: PipeOutput
+        self.metrics: Any = None  # balancer.metrics.MetricsServer with --metrics
 
     # -- the worker ----------------------------------------------------------------------
 
@@ -364,6 +365,14 @@ class Balancer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         log.info("%d pipes of %d bytes each", self.config.npipes, self.pipes.pipe_size)
+        if self.config.metrics is not None:
+            from balancer import metrics
+
+            try:
+                self.metrics = await metrics.start(self, *self.config.metrics)
+            except OSError as exc:
+                log.error("--metrics %s:%d: %s", *self.config.metrics, exc)
+                return EXIT_USAGE
         try:
             self.start_worker()
         except WorkerStartError as exc:
@@ -413,6 +422,8 @@ class Balancer:
             write_json_atomic(self.config.stats_file, self.refresh_stats())
         if self.config.stats_interval > 0:
             log.info("final: %s", self.status_line.render())
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def run(config: Config) -> int:

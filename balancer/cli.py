@@ -63,6 +63,15 @@ def _seconds(allow_zero: bool):
     return parse
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    from balancer.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(EXIT_USAGE, f"lb: error: {message} (see lb --help)\n")
@@ -127,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--record", metavar="FILE",
                      help="append every data message payload received, one per line (JSON lines; "
                           "gzip if FILE ends in .gz), for replay with simulate --replay")
+    out.add_argument("--metrics", metavar="HOST:PORT", type=_listen_address,
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT listens "
+                          "on 127.0.0.1; off by default)")
     out.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     out.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
     return p
@@ -187,6 +199,7 @@ def parse_config(argv: list[str]) -> Config:
         connect_timeout=ns.connect_timeout,
         verbosity=ns.verbose - ns.quiet,
         engine=ns.engine,
+        metrics=ns.metrics,
     )
 
 

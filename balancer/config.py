@@ -40,3 +40,4 @@ class Config:
     connect_timeout: float
     verbosity: int
     engine: str = "auto"  # --engine: auto | native | python
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT: serve /metrics there

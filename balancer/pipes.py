@@ -19,11 +19,13 @@ import fcntl
 import os
 import struct
 import termios
+import time
 from array import array
 from collections import deque
 from dataclasses import dataclass
 
 from balancer.router import Chunk
+from balancer.stats import WriteTimes
 
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
@@ -83,6 +85,7 @@ class PipeSet:
         self._records: list[deque[_Record]] = [deque() for _ in range(npipes)]
         self._prune_at = [PRUNE_EVERY] * npipes
         self.writes = 0
+        self.write_times = WriteTimes()  # the duration of every write, for lb --metrics
         self.discarded_bytes = 0
         self.discarded_messages = 0
         self.closed = False
@@ -92,6 +95,8 @@ class PipeSet:
     def submit(self, batches: list[tuple[int, list[Chunk]]]) -> list[int]:
         """Write each pipe's chunks with one write; return the pipes that now hold a backlog."""
         blocked = []
+        clock = time.perf_counter_ns
+        times = self.write_times
         for pipe, chunks in batches:
             records = self._records[pipe]
             offset = self.accepted[pipe]
@@ -110,10 +115,14 @@ class PipeSet:
                 self.backlog[pipe].append(memoryview(data))
                 self.backlog_bytes[pipe] += len(data)
                 continue
+            started = clock()
             try:
                 n = os.write(self.write_fds[pipe], data)
             except BlockingIOError:
                 n = 0
+            took = clock() - started
+            times.counts[took.bit_length()] += 1
+            times.sum_ns += took
             self.writes += 1
             self.written[pipe] += n
             if n < len(data):
@@ -128,10 +137,13 @@ class PipeSet:
         fd = self.write_fds[pipe]
         while queue:
             head = queue[0]
+            started = time.perf_counter_ns()
             try:
                 n = os.write(fd, head)
             except BlockingIOError:
                 return False
+            finally:
+                self.write_times.observe(time.perf_counter_ns() - started)
             self.writes += 1
             self.written[pipe] += n
             self.backlog_bytes[pipe] -= n

@@ -93,6 +93,7 @@ class Session:
         self._paused = False
         self._last_rx = 0.0
         self._ping_sent_at: float | None = None
+        self._rtt_from = 0.0  # when the ping in flight was sent, for stats.ping_rtt
         self._pings = 0
         self._timer: asyncio.TimerHandle | None = None
         self._opened_at = 0.0
@@ -356,6 +357,8 @@ class Session:
             self._send(frames.encode_frame(frames.OP_PONG, event.payload))
         elif type(event) is Pong:
             self.stats.pongs += 1
+            if self._rtt_from and self._loop is not None:
+                self.stats.ping_rtt, self._rtt_from = self._loop.time() - self._rtt_from, 0.0
         elif type(event) is Close:
             if self._close_sent:  # the reply to our own close: the handshake is complete
                 self.end("shutdown", "closed")
@@ -402,7 +405,7 @@ class Session:
                 return
         elif now - self._last_rx > cfg.ping_interval:
             self._pings += 1
-            self._ping_sent_at = now
+            self._ping_sent_at = self._rtt_from = now
             self.stats.pings += 1
             self._send(frames.encode_frame(frames.OP_PING, struct.pack(">Q", self._pings)))
         self._schedule_tick()

@@ -44,6 +44,7 @@ class Stats:
     pings: int = 0
     pongs: int = 0
     ping_timeouts: int = 0
+    ping_rtt: float = 0.0  # seconds: the round trip of the last ping answered (0: none yet)
     server_closes: int = 0
     worker_pid: int = 0
     worker_starts: int = 0
@@ -78,6 +79,27 @@ class Stats:
             open_fds=len(os.listdir("/proc/self/fd")),
         )
         return data
+
+
+class WriteTimes:
+    """How long each pipe ``write`` took, as a histogram with power-of-two buckets.
+
+    ``counts[k]`` counts durations of ``k`` bits in nanoseconds (below ``2**k`` ns and at
+    least ``2**(k-1)``): the writer adds ``counts[ns.bit_length()] += 1`` inline, no call and
+    no comparison per write (writes are per pipe per socket read, never per trade)."""
+
+    __slots__ = ("counts", "sum_ns")
+
+    def __init__(self) -> None:
+        self.counts = [0] * 64  # a duration of 2**63 ns is 292 years
+        self.sum_ns = 0
+
+    def observe(self, ns: int) -> None:
+        self.counts[ns.bit_length()] += 1
+        self.sum_ns += ns
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "sum_ns": self.sum_ns}
 
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:

@@ -1,0 +1,74 @@
+"""What timing every pipe write costs (lb's write-latency histogram, see balancer/stats.py).
+
+    python -m bench.write_times_bench [--writes N] [--pipes P] [--size BYTES]
+
+Two measures, CPU time of this process (user+sys), median of 5 runs:
+1. the timing alone: two ``perf_counter_ns`` calls and ``WriteTimes.observe``, per write;
+2. ``PipeSet.submit`` of one chunk per pipe into drained pipes, as lb does per socket read
+   (plus the reads that keep the pipes empty), per write: the share of 1. in it is the
+   overhead of the histogram.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from balancer.pipes import PipeSet
+from balancer.router import Chunk
+from balancer.stats import WriteTimes
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def timing_alone(writes: int) -> float:
+    times = WriteTimes()
+    clock = time.perf_counter_ns
+    started = _cpu()
+    for _ in range(writes):
+        t0 = clock()
+        took = clock() - t0
+        times.counts[took.bit_length()] += 1
+        times.sum_ns += took
+    return (_cpu() - started) / writes * 1e9
+
+
+def submit_cost(writes: int, npipes: int, size: int) -> float:
+    pipes = PipeSet(npipes, 1 << 20)
+    data = b"x" * size
+    batches = [(p, [Chunk(data, [size - 4], 4)]) for p in range(npipes)]
+    rounds = max(1, writes // npipes)
+    try:
+        started = _cpu()
+        for _ in range(rounds):
+            pipes.submit(batches)
+            for fd in pipes.read_fds:  # keep the pipes empty: every write goes straight through
+                os.read(fd, size)
+        spent = _cpu() - started
+    finally:
+        pipes.close()
+    return spent / (rounds * npipes) * 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.write_times_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--writes", type=int, default=200_000)
+    p.add_argument("--pipes", type=int, default=32)
+    p.add_argument("--size", type=int, default=4096, help="bytes per write (default 4096)")
+    args = p.parse_args(argv)
+    alone = statistics.median(timing_alone(args.writes) for _ in range(5))
+    submit = statistics.median(submit_cost(args.writes, args.pipes, args.size) for _ in range(5))
+    print(f"timing alone     {alone:7.0f} ns per write")
+    print(f"submit + read    {submit:7.0f} ns per write ({args.size} B, {args.pipes} pipes)")
+    print(f"share            {alone / submit * 100:7.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
