@@ -25,8 +25,9 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 
 log = logging.getLogger("lb")
 
@@ -216,7 +217,7 @@ class MetricsServer:
                 status, body, kind = b"404 Not Found", b"see /metrics\n", b"text/plain"
             else:
                 self.scrapes += 1
-                status, body, kind = b"200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
+                status, body, kind = b"200 OK", generate_latest(self.registry), TEXT_FORMAT
             writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + kind + b"\r\nContent-Length: "
                          + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n")
             if method != b"HEAD":

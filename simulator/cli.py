@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from simulator.config import FAULT_CHOICES, Settings, TLSSettings
+from simulator.observe import parse_listen
 from simulator.pacing import DEFAULT_FRAME_INTERVAL, auto_batch
 from simulator.symbols import DEFAULT_SYMBOLS
 from simulator.units import (
@@ -163,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--stats-interval", type=_arg(parse_duration), default=10.0, metavar="DUR",
                      help="a stats line on stderr this often, 0 for none (10s)")
+    out.add_argument("--stats-file", metavar="PATH",
+                     help="rewrite PATH (JSON, atomically) every second with the live figures: "
+                     "rate, clients, faults (what lb-top shows)")
+    out.add_argument("--metrics", type=_arg(parse_listen), metavar="HOST:PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (bare PORT: "
+                     "127.0.0.1; off by default)")
     out.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
     return p
 
@@ -211,7 +218,8 @@ def settings_from(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> Se
         replay_format=None if ns.replay_format == "auto" else ns.replay_format, speed=speed,
         loop=ns.loop, drop_every=ns.drop_every, fault=ns.fault, refuse_for=ns.refuse_for,
         drain_timeout=ns.drain_timeout, fault_wait=ns.fault_wait,
-        stats_interval=ns.stats_interval, quiet=ns.quiet)
+        stats_interval=ns.stats_interval, stats_file=ns.stats_file, metrics=ns.metrics,
+        quiet=ns.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,8 @@ class Settings:
     fault_wait: float = 10.0
     # output
     stats_interval: float = 10.0
+    stats_file: str | None = None
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
     quiet: bool = False
     max_lag: float = 1.0
     write_limit: int = 1 << 20

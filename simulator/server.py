@@ -17,7 +17,7 @@ from websockets.asyncio.server import Server, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from simulator import protocol
+from simulator import observe, protocol
 from simulator.config import Settings
 from simulator.connection import Client, SimConnection
 from simulator.faults import FaultInjector
@@ -154,6 +154,14 @@ class Simulator:
             tasks.append(loop.create_task(injector.run()))
         if self.settings.stats_interval > 0:
             tasks.append(loop.create_task(self.stats_loop()))
+        if self.settings.stats_file:
+            tasks.append(loop.create_task(observe.write_stats(self, self.settings.stats_file)))
+        metrics = None
+        if self.settings.metrics is not None:
+            try:
+                metrics = await observe.serve_metrics(self, *self.settings.metrics)
+            except OSError as exc:
+                self.request_stop(f"error:--metrics {self.settings.metrics}: {exc}")
         if self.settings.duration is not None:
             loop.call_later(self.settings.duration, self.request_stop, "duration")
         await self.stopping.wait()
@@ -163,6 +171,10 @@ class Simulator:
         for task in tasks:
             task.cancel()
         await self.shutdown()
+        if self.settings.stats_file:
+            write_atomically(self.settings.stats_file, orjson.dumps(observe.snapshot(self)))
+        if metrics is not None:
+            metrics.close()
         return self.exit_code
 
     def announce(self) -> None:

@@ -45,6 +45,7 @@ from workers.handler import Handler, HandlerContext, HandlerNotFound, load_handl
 from workers.jsonfile import write_json_atomically
 from workers.log import write_all
 from workers.loop import WorkerLoop
+from workers.observe import MetricsSocket, parse_listen, snapshot
 from workers.progress import SharedProgress
 from workers.resync import PipeResync
 from workers.signals import SignalPipe
@@ -115,10 +116,19 @@ class Pool:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.signals: SignalPipe | None = None
+        self.metrics: MetricsSocket | None = None
 
     # -- the pool's loop ---------------------------------------------------------------
 
     def run(self) -> int:
+        if self.options.metrics is not None:
+            try:
+                self.metrics = MetricsSocket(*self.options.metrics,
+                                             take=lambda: snapshot(self, self._merged()))
+            except OSError as exc:
+                log(f"--metrics {self.options.metrics[0]}:{self.options.metrics[1]}: {exc}")
+                return 2
+            log(f"metrics at http://{self.metrics.address[0]}:{self.metrics.address[1]}/metrics")
         self.signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD))
         try:
             for child in self.children:
@@ -127,6 +137,8 @@ class Pool:
         finally:
             self.signals.close()
         self._finish()
+        if self.metrics is not None:
+            self.metrics.close()
         return 0
 
     def _loop(self) -> None:
@@ -141,13 +153,17 @@ class Pool:
             now = time.monotonic()
             self._on_timers(now)
             if now >= next_tick:
-                self.aggregator.on_interval(self._merged(), now)
+                merged = self._merged()
+                self.aggregator.on_interval(merged, now)
+                self._write_stats(merged)
                 next_tick = now + self.options.interval
 
     def _poller(self) -> tuple[select.poll, dict[int, Any]]:
         assert self.signals is not None
         poller = select.poll()
         handlers: dict[int, Any] = {self.signals.fileno(): self._on_signals}
+        if self.metrics is not None:
+            handlers[self.metrics.fileno()] = self.metrics.serve_one
         for child in self.children:
             if child.channel >= 0:
                 handlers[child.channel] = lambda child=child: self._drain(child)
@@ -316,6 +332,8 @@ class Pool:
     def _child_main(self, child: Child, channel: int) -> int:
         assert self.signals is not None
         self.signals.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self._close_others(child)
         if not die_with_parent(self.pid):
             return 1
@@ -383,8 +401,14 @@ class Pool:
     # -- the end -----------------------------------------------------------------------
 
     def _finish(self) -> None:
-        self.aggregator.finish(self._merged(), self.accounting())
+        merged = self._merged()
+        self.aggregator.finish(merged, self.accounting())
         self._write_status(done=True)
+        self._write_stats(merged)
+
+    def _write_stats(self, merged: Any) -> None:
+        if self.options.stats_file:
+            write_json_atomically(self.options.stats_file, snapshot(self, merged))
 
     def accounting(self) -> dict[str, Any]:
         """What was lost on the way: by dead children, by resync, to the merged report."""
@@ -445,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--status-file", metavar="PATH",
                        help="rewrite PATH (JSON: children's pids, pipes, restarts, losses) "
                             "whenever a child starts or ends, and at exit")
+    group.add_argument("--stats-file", metavar="PATH",
+                       help="rewrite PATH (JSON) every --interval with the live figures: "
+                            "messages handled, children, restarts, top symbols (for lb-top)")
+    group.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (bare PORT: "
+                            "127.0.0.1; off by default)")
     group.add_argument("--backoff-min", type=positive_float, default=0.1, metavar="SECONDS",
                        help="delay before the 2nd quick re-fork in a row, doubling for each "
                             "further one (the 1st is immediate; default 0.1)")
