@@ -1,18 +1,22 @@
 """``lb-demo`` (``make demo``): the whole thing on one machine, with live figures.
 
 simulate (a TLS Polygon feed: a market-open burst) -> lb (32 pipes) -> lb-pool with the
-``stats`` handler (a live table of the busiest symbols). At the end: what was sent, what
-lb routed and at what CPU cost per trade, what the workers saw.
+``stats`` handler. On a terminal the live view is lb-top's dashboard (lb's rates, connection,
+reconnects by cause, backlog per pipe; the simulator's rate and faults; the pool's top
+symbols), redrawn in place; otherwise (a pipe, CI) the pool's plain lines. At the end: what
+was sent, what lb routed and at what CPU cost per trade, what the workers saw.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import tempfile
+import time
 
 from harness.lb import LbProcess
 from harness.sim import SimProcess
@@ -30,24 +34,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="simulate a disconnect this often, to show a reconnect (default: %(default)s; "
                         "0 for none)")
     p.add_argument("--no-tls", action="store_true", help="ws:// instead of wss://")
+    p.add_argument("--plain", action="store_true",
+                   help="plain lines even on a terminal (the default when stdout is not one)")
+    p.add_argument("--workdir", help="where the stats files, logs and the summary go "
+                                     "(default: a new temporary directory)")
     return p.parse_args(argv)
 
 
 DISPLAY_FD = 9  # the demo's stderr, handed through lb to the pool, whose table is the live display
 
 
-def pool_command(args: argparse.Namespace, summary: str) -> list[str]:
+def pool_command(args: argparse.Namespace, summary: str, stats: str, log: str | None) -> list[str]:
+    """The pool's table goes to the demo's stderr, or (under the dashboard) to ``log``."""
     pool = os.path.join(os.path.dirname(sys.executable), "lb-pool")
-    return ["/bin/sh", "-c", f'exec "$@" 2>&{DISPLAY_FD}', "sh", pool, "--procs", str(args.procs),
-            "--handler", "stats", "--interval", "1", "--summary-file", summary]
+    target = f'"{log}"' if log else f"&{DISPLAY_FD}"
+    return ["/bin/sh", "-c", f'exec "$@" 2>{target}', "sh", pool, "--procs", str(args.procs),
+            "--handler", "stats", "--interval", "1", "--summary-file", summary, "--stats-file", stats]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = tempfile.mkdtemp(prefix="lb-demo-")
+    work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="lb-demo-")
+    os.makedirs(work, exist_ok=True)
+    dashboard = sys.stdout.isatty() and not args.plain
     summary_path = os.path.join(work, "summary.json")
-    sim_args = ["--rate", args.rate, "--profile", "open", "--profile-period", f"{args.duration:g}s",
-                "--duration", f"{args.duration + 2:g}s", "--stats-interval", "0", "-q"]
+    sim_stats, pool_stats = os.path.join(work, "simulate.json"), os.path.join(work, "pool.json")
+    pool_log = os.path.join(work, "pool.log") if dashboard else None
+    sim_args = ["--stats-file", sim_stats, "--rate", args.rate, "--profile", "open",
+                "--profile-period", f"{args.duration:g}s", "--duration", f"{args.duration + 2:g}s",
+                "--stats-interval", "0", "-q"]
     if args.drop_every not in ("", "0", "0s"):
         sim_args += ["--drop-every", args.drop_every, "--fault", "random"]
     if args.no_tls:
@@ -58,14 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     if sim.cafile:
         options += ["--cafile", sim.cafile]
     os.dup2(sys.stderr.fileno(), DISPLAY_FD)
-    lb = LbProcess(sim.url, args.pipes, work, pool_command(args, summary_path), key="demo-key",
-                   options=options, pass_fds=(DISPLAY_FD,))
+    lb = LbProcess(sim.url, args.pipes, work, pool_command(args, summary_path, pool_stats, pool_log),
+                   key="demo-key", options=options, pass_fds=(DISPLAY_FD,))
     print(f"lb-demo: lb --cafile CA demo-key {sim.url} {args.pipes} {work} lb-pool --procs "
           f"{args.procs} --handler stats   (lb's log: {lb.stderr_path})", file=sys.stderr)
+    lb_stats = os.path.join(work, "lb.json")  # lb rewrites its file by renaming: a link follows
+    with contextlib.suppress(FileExistsError):
+        os.symlink(lb.stats_file, lb_stats)
+    print(f"lb-demo: watch it from another terminal with: lb-top {sim_stats} {lb_stats} {pool_stats}",
+          file=sys.stderr)
     interrupted = False
     try:
         lb.start()
         try:
+            if dashboard:
+                show_dashboard([sim_stats, lb.stats_file, pool_stats], sim, args.duration + 60)
             sim.wait(args.duration + 60)
         except KeyboardInterrupt:
             interrupted = True
@@ -83,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         if not interrupted else (read_json(summary_path) or {})
     print_summary(ledger, stats, summary)
     return 0 if lb_code == 0 else 1
+
+
+def show_dashboard(files: list[str], sim: SimProcess, timeout: float) -> None:
+    """lb-top's screen until the simulator's run ends (or ``timeout``)."""
+    from harness.top import Dashboard
+
+    deadline = time.monotonic() + timeout
+    Dashboard(files, interval=1.0, plain=False).run(
+        until=lambda: sim.returncode is not None or time.monotonic() > deadline)
 
 
 def print_summary(ledger: dict, stats: dict, summary: dict) -> None:
