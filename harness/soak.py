@@ -12,7 +12,6 @@ Exit status 0 only if nothing was lost and memory stayed flat.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import time
 from typing import Any
 
 from harness.lb import LbProcess
+from harness.report import Sampler, write_report
 from harness.sim import SimProcess
 from harness.wait import read_json, wait_for
 
@@ -38,7 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--warmup", type=float, default=None,
                    help="seconds before the start RSS/CPU sample (default: a fifth of the run, 20 to 60)")
-    p.add_argument("--report", help="also write the report as JSON here")
+    p.add_argument("--report", metavar="DIR",
+                   help="also write the report to DIR: report.txt and report.json, PNG charts of "
+                        "trades/s, lb's RSS and CPU, backlog and reconnects over the run, the "
+                        "series behind them (series.csv, series.json) and index.html")
     p.add_argument("--keep", action="store_true", help="keep the working directory")
     return p.parse_args(argv)
 
@@ -66,17 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     work = tempfile.mkdtemp(prefix="lb-soak-")
     report_path = os.path.join(work, "verify.json")
     pool = os.path.join(os.path.dirname(sys.executable), "lb-pool")
+    sim_stats = os.path.join(work, "simulate.json")
     sim = SimProcess(["--rate", args.rate, "--drop-every", args.drop_every, "--fault", args.fault,
                       "--refuse-for", args.refuse_for, "--duration", f"{args.duration:g}s",
-                      "--seed", "20261126", "--stats-interval", "30s"], workdir=work).start()
+                      "--seed", "20261126", "--stats-interval", "30s", "--stats-file", sim_stats],
+                     workdir=work).start()
     lb = LbProcess(sim.url, args.pipes, work,
                    [pool, "--procs", str(args.procs), "--handler", "verify", "--report", report_path],
                    key="soak-key", options=["--cafile", sim.cafile or "", "--stats-interval", "30"])
     warmup = args.warmup if args.warmup is not None else min(60.0, max(20.0, args.duration / 5))
     print(f"lb-soak: {args.duration:g} s at {args.rate}, drop every {args.drop_every} "
           f"({args.fault}), outage {args.refuse_for}; work dir {work}", file=sys.stderr)
+    sampler = Sampler(lb.stats, lambda: read_json(sim_stats))
     try:
         lb.start()
+        sampler.start()
         # Memory is compared between two moments when no trades are queued for a slow worker
         # (a backlog is data, not a leak): the first such moment after the warm-up, and the
         # end, once the workers have caught up and lb has handed the backlog's memory back.
@@ -88,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         end = wait_for(lambda: _sample_after(lb, settled), 30, "a final sample")
         assert lb.stop(120) == 0, "lb did not exit cleanly"
     finally:
+        samples = sampler.stop()
         lb.__exit__()
         sim.kill()
     final = lb.stats()
     ledger = sim.ledger()
     verify = wait_for(lambda: read_json(report_path), 30, "the verify report")
     result = build_report(args, ledger, verify, start, end, final)
-    print(render(result), file=sys.stderr)
+    text = render(result)
+    print(text, file=sys.stderr)
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump(result, f, indent=1)
+        write_report(args.report, result, text, samples)
+        print(f"lb-soak: report in {os.path.join(os.path.abspath(args.report), 'index.html')}",
+              file=sys.stderr)
     if not args.keep:
         sim.cleanup()
     return 0 if result["ok"] else 1

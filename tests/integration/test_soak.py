@@ -6,10 +6,10 @@ import sys
 
 
 def test_short_soak(tmp_path):
-    report = tmp_path / "soak.json"
+    report = tmp_path / "report" / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "harness.soak", "--duration", "60", "--rate", "200k/s",
-         "--drop-every", "10s", "--report", str(report)],
+         "--drop-every", "10s", "--report", str(report.parent)],
         capture_output=True, text=True, timeout=400)
     assert report.exists(), proc.stderr[-3000:]
     r = json.loads(report.read_text())
