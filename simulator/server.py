@@ -142,6 +142,14 @@ class Simulator:
         self.feed = Feed(self.source, clock, self.settings.batch, self.settings.trades,
                          self.settings.stamp_ids, self.settings.max_lag, self.settings.speed,
                          self.request_stop)
+        metrics = None
+        if self.settings.metrics is not None:
+            try:
+                metrics = await observe.serve_metrics(self, *self.settings.metrics)
+            except OSError as exc:
+                self.log(f"--metrics {self.settings.metrics[0]}:{self.settings.metrics[1]}: {exc}",
+                         always=True)
+                return 2
         await self.listener.open()
         self.announce()
         self.started = loop.time()
@@ -156,12 +164,6 @@ class Simulator:
             tasks.append(loop.create_task(self.stats_loop()))
         if self.settings.stats_file:
             tasks.append(loop.create_task(observe.write_stats(self, self.settings.stats_file)))
-        metrics = None
-        if self.settings.metrics is not None:
-            try:
-                metrics = await observe.serve_metrics(self, *self.settings.metrics)
-            except OSError as exc:
-                self.request_stop(f"error:--metrics {self.settings.metrics}: {exc}")
         if self.settings.duration is not None:
             loop.call_later(self.settings.duration, self.request_stop, "duration")
         await self.stopping.wait()
