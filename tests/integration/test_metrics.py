@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import urllib.error
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,7 +25,14 @@ def free_port() -> int:
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+    """The samples at /metrics, or {} while nothing listens yet (a process still starting)."""
+    try:
+        reply = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return {}
+        raise
+    with reply:
         assert reply.status == 200
         assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = reply.read().decode()
@@ -56,14 +64,19 @@ def test_metrics_move_and_label_the_cause(tmp_path):
                          and value(s, "lb_trades_total") > value(first, "lb_trades_total") and s,
                          15, "a reset counted and more trades")
         sim_samples = wait_for(lambda: (s := scrape(sim_port))
-                               and value(s, "simulate_faults_total", cause="reset") >= 1 and s,
-                               10, "the simulator's reset fault counted")
+                               and value(s, "simulate_faults_total", cause="reset") >= 1
+                               and value(s, "simulate_connections_total") >= 2 and s,
+                               10, "the simulator's reset fault counted, lb back")
         pool_samples = wait_for(lambda: (s := scrape(pool_port)) and sum(
             v for (name, _), v in s.items() if name == "lb_pool_messages_total") > 0 and s,
             10, "the pool's handled messages")
         stats = lb.stats()
-        pool_file = read_json(pool_stats)
+        pool_file = wait_for(lambda: (f := read_json(pool_stats)) and f["messages"] > 0 and f, 10,
+                             "the pool's stats file with messages handled")
         assert lb.stop() == 0, lb.log()
+    except BaseException:
+        print(lb.log(), sim.log())  # shown by pytest when the test fails
+        raise
     finally:
         lb.__exit__()
         sim.cleanup()
@@ -87,7 +100,35 @@ def test_metrics_move_and_label_the_cause(tmp_path):
 
     # simulate and lb-pool, the same way
     assert value(sim_samples, "simulate_trades_total") > 0
-    assert value(sim_samples, "simulate_connections_total") >= 2
+    assert value(sim_samples, "simulate_faults_total", cause="stall") == 0
     assert value(pool_samples, "lb_pool_children", state="running") == 2
     assert [k for k in pool_samples if k[0] == "lb_pool_top_symbol_trades"]
-    assert pool_file is not None and pool_file["program"] == "lb-pool" and pool_file["messages"] > 0
+    assert pool_file["program"] == "lb-pool" and pool_file["restarts"] == 0
+
+
+async def test_ping_round_trip_time_is_measured(tmp_path, dump_worker):
+    """A quiet feed: lb pings after --ping-interval; the pong's round trip is lb_ping_rtt_seconds."""
+    import asyncio
+
+    from harness.wait import async_wait_for
+    from tests.integration.polyserver import PolyServer
+
+    port = free_port()
+    async with PolyServer() as server:
+        lb = LbProcess(server.url(), 2, str(tmp_path), dump_worker,
+                       options=["--stats-interval", "0", "--ping-interval", "0.3", "--ping-timeout", "2",
+                                "--metrics", str(port)])
+        try:
+            lb.start(wait_ready=None)
+            await server.next_connection()
+            await async_wait_for(lambda: lb.stats().get("pongs", 0) >= 2, 10, "two pongs")
+            samples = await asyncio.to_thread(scrape, port)
+            stats = lb.stats()
+        finally:
+            await asyncio.to_thread(lb.stop)
+            lb.__exit__()
+    rtt = value(samples, "lb_ping_rtt_seconds")
+    assert 0 < rtt < 2, rtt
+    assert 0 < stats["ping_rtt"] < 2
+    assert value(samples, "lb_pongs_total") >= 2
+    assert next(dict(labels) for (name, labels) in samples if name == "lb_info")["tls"] == "none"
