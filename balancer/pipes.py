@@ -121,7 +121,7 @@ class PipeSet:
             except BlockingIOError:
                 n = 0
             took = clock() - started
-            times.counts[took.bit_length()] += 1
+            times.counts[(took - 1).bit_length()] += 1  # le 2**k ns: see WriteTimes
             times.sum_ns += took
             self.writes += 1
             self.written[pipe] += n

@@ -84,9 +84,10 @@ class Stats:
 class WriteTimes:
     """How long each pipe ``write`` took, as a histogram with power-of-two buckets.
 
-    ``counts[k]`` counts durations of ``k`` bits in nanoseconds (below ``2**k`` ns and at
-    least ``2**(k-1)``): the writer adds ``counts[ns.bit_length()] += 1`` inline, no call and
-    no comparison per write (writes are per pipe per socket read, never per trade)."""
+    ``counts[k]`` counts durations of more than ``2**(k-1)`` ns and at most ``2**k`` ns (so
+    Prometheus' ``le`` holds exactly): the writer adds ``counts[(ns - 1).bit_length()] += 1``
+    inline, no call and no comparison per write (writes are per pipe per socket read, never
+    per trade)."""
 
     __slots__ = ("counts", "sum_ns")
 
@@ -95,7 +96,7 @@ class WriteTimes:
         self.sum_ns = 0
 
     def observe(self, ns: int) -> None:
-        self.counts[ns.bit_length()] += 1
+        self.counts[(ns - 1).bit_length()] += 1
         self.sum_ns += ns
 
     def to_json(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def timing_alone(writes: int) -> float:
     for _ in range(writes):
         t0 = clock()
         took = clock() - t0
-        times.counts[took.bit_length()] += 1
+        times.counts[(took - 1).bit_length()] += 1
         times.sum_ns += took
     return (_cpu() - started) / writes * 1e9
 

@@ -55,19 +55,19 @@ def test_counters_gauges_and_labels():
 
 def test_write_histogram_is_cumulative_in_seconds():
     times = WriteTimes()
-    for ns in (100, 300, 300, 5_000, 1_000_000, 10**9):
+    for ns in (100, 256, 300, 300, 5_000, 1_000_000, 10**9):
         times.observe(ns)
     samples = scrape(snapshot(), times)
     bucket = {dict(labels)["le"]: v for (name, labels), v in samples.items()
               if name == "lb_pipe_write_seconds_bucket"}
-    assert bucket["2.56e-07"] == 1  # 100 ns (and nothing else) is below 256 ns
-    assert bucket["5.12e-07"] == 3
-    assert bucket["8.192e-06"] == 4
-    assert bucket["0.001048576"] == 5  # 1 ms is just under 2**20 ns
-    assert bucket["0.016777216"] == 5
-    assert bucket["+Inf"] == 6
-    assert samples[("lb_pipe_write_seconds_count", ())] == 6
-    assert samples[("lb_pipe_write_seconds_sum", ())] == pytest.approx(1.0010057)
+    assert bucket["2.56e-07"] == 2  # 100 ns and exactly 256 ns: le is "at most"
+    assert bucket["5.12e-07"] == 4
+    assert bucket["8.192e-06"] == 5
+    assert bucket["0.001048576"] == 6  # 1 ms is just under 2**20 ns
+    assert bucket["0.016777216"] == 6
+    assert bucket["+Inf"] == 7
+    assert samples[("lb_pipe_write_seconds_count", ())] == 7
+    assert samples[("lb_pipe_write_seconds_sum", ())] == pytest.approx(1.0010059560)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
