@@ -26,9 +26,12 @@ class Tmux:
             pytest.fail("tmux is not installed (.ci/run installs it)")
         self.socket = f"lb-test-{uuid.uuid4().hex[:8]}"
 
+    # UTF-8 whatever the caller's locale (CI may have none): the dashboard draws boxes and bars
+    ENV = {**os.environ, "LC_ALL": "C.UTF-8", "TERM": os.environ.get("TERM", "xterm-256color")}
+
     def run(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", *args], check=True,
-                              capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run(["tmux", "-u", "-L", self.socket, "-f", "/dev/null", *args], check=True,
+                              capture_output=True, text=True, timeout=10, env=self.ENV).stdout
 
     def start(self, command: str) -> None:
         self.run("new-session", "-d", "-s", "t", "-x", str(WIDTH), "-y", str(HEIGHT), command)
@@ -37,7 +40,8 @@ class Tmux:
         return self.run("capture-pane", "-p", "-t", "t", *(("-S", "-") if history else ()))
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10,
+                       env=self.ENV)
 
 
 def lb_rate(pane: str) -> int:
