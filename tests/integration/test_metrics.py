@@ -132,3 +132,20 @@ async def test_ping_round_trip_time_is_measured(tmp_path, dump_worker):
     assert 0 < stats["ping_rtt"] < 2
     assert value(samples, "lb_pongs_total") >= 2
     assert next(dict(labels) for (name, labels) in samples if name == "lb_info")["tls"] == "none"
+
+
+def test_a_metrics_port_in_use_is_exit_2_before_connecting(tmp_path):
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        lb = subprocess.run([sys.executable, "-m", "balancer", "--metrics", str(port), "k",
+                             "ws://127.0.0.1:9/stocks", "2", str(tmp_path), "/bin/cat"],
+                            capture_output=True, text=True, timeout=30)
+        pool = subprocess.run([POOL, "--metrics", f"127.0.0.1:{port}", "0"], capture_output=True,
+                              text=True, timeout=30)
+    assert lb.returncode == 2, lb.stderr
+    assert f"--metrics 127.0.0.1:{port}:" in lb.stderr and "worker" not in lb.stderr
+    assert pool.returncode == 2 and f"--metrics 127.0.0.1:{port}:" in pool.stderr
