@@ -26,10 +26,15 @@ from balancer.stats import Stats, StatusLine, write_json_atomic
 from balancer.supervisor import (
     WorkerSpec,
     WorkerStartError,
+    alive,
     become_subreaper,
+    descendants,
     describe_status,
     group_alive,
+    holding,
     kill_group,
+    kill_pids,
+    pipe_inodes,
     reap_children,
     spawn,
 )
@@ -45,6 +50,18 @@ WORKER_BACKOFF_MAX = 30.0
 GROUP_EXIT_WAIT = 5.0
 HOUSEKEEPING = 1.0
 TRIM_AFTER_BACKLOG = 32 * 1024 * 1024
+ABANDONED_PIPES_LIMIT = 10.0  # a worker that holds none of the pipes this long is restarted
+CERT_ERROR_EVERY = 60.0  # a certificate failure that persists: one error line this often
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def format_bytes(n: float) -> str:
+    """Binary units, as the size options take them: 4M is "4.0 MiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def release_free_memory() -> None:
@@ -82,7 +99,16 @@ class Recorder:
     """--record: every data payload, one per line."""
 
     def __init__(self, path: str) -> None:
-        self._file: IO[bytes] = gzip.open(path, "ab") if path.endswith(".gz") else open(path, "ab")  # noqa: SIM115
+        self.path = path
+        self._file: IO[bytes] = self._open()
+
+    def _open(self) -> IO[bytes]:
+        return gzip.open(self.path, "ab") if self.path.endswith(".gz") else open(self.path, "ab")  # noqa: SIM115
+
+    def reopen(self) -> None:
+        """SIGUSR2: close the file and open PATH anew (after log rotation moved it away)."""
+        self._file.close()
+        self._file = self._open()
 
     def write(self, payload: bytes) -> None:
         if b"\n" in payload or b"\r" in payload:  # pretty-printed JSON: one line per message
@@ -100,6 +126,7 @@ class PipeOutput:
         self.app = app
         self.pipes = app.pipes
         self.max_backlog = app.config.max_backlog
+        self.max_total = app.config.max_backlog_total
         self.loop = asyncio.get_running_loop()
         self._watching: set[int] = set()
         self.paused = False
@@ -110,7 +137,8 @@ class PipeOutput:
         if self._watching:
             stats = self.app.stats
             stats.backlog_peak = max(stats.backlog_peak, self.pipes.total_backlog)
-            if not self.paused and self.pipes.largest_backlog > self.max_backlog:
+            if not self.paused and (self.pipes.largest_backlog > self.max_backlog
+                                    or self.pipes.total_backlog > self.max_total):
                 self._pause()
 
     def _watch(self, pipe: int) -> None:
@@ -122,7 +150,8 @@ class PipeOutput:
         if self.pipes.flush(pipe):
             self._watching.discard(pipe)
             self.loop.remove_writer(self.pipes.write_fds[pipe])
-        if self.paused and self.pipes.largest_backlog <= self.max_backlog // 2:
+        if (self.paused and self.pipes.largest_backlog <= self.max_backlog // 2
+                and self.pipes.total_backlog <= self.max_total // 2):
             self._resume()
 
     def _pause(self) -> None:
@@ -130,17 +159,23 @@ class PipeOutput:
         self.app.stats.paused = True
         self.app.stats.backpressure_pauses += 1
         pipe = max(range(self.pipes.npipes), key=self.pipes.backlog_bytes.__getitem__)
-        log.warning("backpressure: pipe %d holds %.1f MB unwritten (--max-backlog %.1f MB); "
-                    "pausing the socket until it drains", pipe, self.pipes.backlog_bytes[pipe] / 1e6,
-                    self.max_backlog / 1e6)
+        if self.pipes.largest_backlog > self.max_backlog:
+            log.warning("backpressure: pipe %d holds %s unwritten (--max-backlog %s); pausing the "
+                        "socket until it drains", pipe, format_bytes(self.pipes.backlog_bytes[pipe]),
+                        format_bytes(self.max_backlog))
+        else:
+            log.warning("backpressure: the pipes hold %s unwritten (--max-backlog-total %s; pipe %d "
+                        "the most, %s); pausing the socket until it drains",
+                        format_bytes(self.pipes.total_backlog), format_bytes(self.max_total), pipe,
+                        format_bytes(self.pipes.backlog_bytes[pipe]))
         if self.app.session is not None:
             self.app.session.pause_reading()
 
     def _resume(self) -> None:
         self.paused = False
         self.app.stats.paused = False
-        log.warning("backpressure released: largest backlog %.1f MB; reading again",
-                    self.pipes.largest_backlog / 1e6)
+        log.warning("backpressure released: largest backlog %s, total %s; reading again",
+                    format_bytes(self.pipes.largest_backlog), format_bytes(self.pipes.total_backlog))
         if self.app.session is not None:
             self.app.session.resume_reading()
 
@@ -176,6 +211,9 @@ class Balancer:
         self._worker_gone: asyncio.Event
         self._restart_task: asyncio.Task[None] | None = None
         self.output: PipeOutput
+        self.stop_deadline = 0.0  # set by request_stop: the bound of the whole shutdown
+        self._inodes = pipe_inodes(self.pipes.read_fds)
+        self._abandoned_since: float | None = None
 
     # -- the worker ----------------------------------------------------------------------
 
@@ -186,9 +224,13 @@ class Balancer:
         self._worker_gone.clear()
         self.stats.worker_pid = self.worker_pid
         self.stats.worker_starts += 1
+        self._abandoned_since = None
         log.info("worker %d started: %s (%d pipes)", self.worker_pid, c.exe, c.npipes)
-        if c.ready_file:
-            write_json_atomic(c.ready_file, {"pid": os.getpid(), "worker_pid": self.worker_pid})
+        if c.ready_file:  # a side write: it never decides whether a worker runs
+            try:
+                write_json_atomic(c.ready_file, {"pid": os.getpid(), "worker_pid": self.worker_pid})
+            except OSError as exc:
+                log.warning("--ready-file: cannot write it (%s); the worker runs", exc.strerror or exc)
 
     def on_sigchld(self) -> None:
         for pid, status in reap_children():
@@ -225,15 +267,30 @@ class Balancer:
                 log.error("%s; retrying in %.1f s", exc, self.worker_backoff)
                 await self._sleep(self.worker_backoff)
 
-    async def _end_group(self, pgid: int) -> None:
-        """Kill what the worker forked and wait until nothing of it can still read the pipes."""
+    async def _end_group(self, pgid: int, deadline: float | None = None, everything: bool = False) -> None:
+        """Kill what the worker forked and wait until nothing of it can still read the pipes:
+        its process group, and any descendant of lb's (one that left the group with setsid()
+        is lb's child now, lb being subreaper) holding a pipe; ``everything``: every descendant."""
+        if deadline is None:
+            deadline = time.monotonic() + GROUP_EXIT_WAIT
         kill_group(pgid)
-        deadline = time.monotonic() + GROUP_EXIT_WAIT
-        while group_alive(pgid) and time.monotonic() < deadline:
+        escaped = self._stray_processes(everything)
+        if escaped:
+            log.warning("killing %d process(es) outside the worker's group that %s: %s", len(escaped),
+                        "lb leaves behind" if everything else "still hold the pipes",
+                        " ".join(map(str, escaped)))
+            kill_pids(escaped)
+        while (group_alive(pgid) or any(map(alive, escaped))) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
             self.on_sigchld()
-        if group_alive(pgid):
-            log.error("processes of the dead worker's group %d survive SIGKILL; resyncing anyway", pgid)
+        if group_alive(pgid) or any(map(alive, escaped)):
+            log.error("processes of the dead worker (group %d) survive SIGKILL; going on anyway", pgid)
+
+    def _stray_processes(self, everything: bool) -> list[int]:
+        pids = [pid for pid in descendants(os.getpid()) if alive(pid)]
+        if everything or self.pipes.closed:
+            return pids
+        return holding(pids, self._inodes)
 
     # -- the feed ---------------------------------------------------------------------------
 
@@ -321,9 +378,39 @@ class Balancer:
     def housekeeping(self) -> None:
         if not self.pipes.closed and self.worker_pid:
             self.pipes.prune()
+            self._check_pipes_held()
         self._return_memory_after_backlog()
         if self.config.stats_file:
+            self._write_stats_file()
+
+    def _write_stats_file(self) -> None:
+        assert self.config.stats_file is not None
+        try:
             write_json_atomic(self.config.stats_file, self.refresh_stats())
+        except OSError as exc:  # a side write: log it, never stop for it
+            log.warning("--stats-file: cannot write it (%s)", exc.strerror or exc)
+
+    def _check_pipes_held(self) -> None:
+        """A worker that closed its pipes but keeps running would leave lb paused forever: only
+        lb holds the read ends then. Checked while data waits; restarted after a bound."""
+        if not self.pipes.total_backlog and not self.output.paused:
+            self._abandoned_since = None
+            return
+        holders = holding([p for p in descendants(os.getpid()) if alive(p)], self._inodes)
+        now = time.monotonic()
+        if holders:
+            self._abandoned_since = None
+        elif self._abandoned_since is None:
+            self._abandoned_since = now
+            log.error("worker %d holds none of the pipes but still runs (%s waiting); restarting it "
+                      "in %.0f s unless it opens them again", self.worker_pid,
+                      format_bytes(self.pipes.total_backlog), ABANDONED_PIPES_LIMIT)
+        elif now - self._abandoned_since >= ABANDONED_PIPES_LIMIT:
+            log.error("worker %d closed its pipes %.0f s ago and still runs: killing it (and its "
+                      "group) to restart it", self.worker_pid, now - self._abandoned_since)
+            self._abandoned_since = None
+            self.stats.abandoned_pipes += 1
+            kill_group(self.worker_pid)
 
     def _return_memory_after_backlog(self) -> None:
         """A slow worker's backlog can grow to hundreds of MB (at the open, say); once it has
@@ -348,11 +435,34 @@ class Balancer:
     def request_stop(self, signame: str) -> None:
         if self.stopping:
             return
-        log.info("%s: shutting down", signame)
+        log.info("%s: shutting down (at most %g s)", signame, self.config.shutdown_timeout)
         self.stopping = True
+        self.stop_deadline = time.monotonic() + self.config.shutdown_timeout
         self._stop_event.set()
         if self.session is not None:
-            self.session.close()
+            # the close handshake takes at most a third of the shutdown bound
+            self.session.close(wait=min(self.session.close_wait, self.config.shutdown_timeout / 3))
+
+    def dump_stats(self) -> None:
+        """SIGUSR1: the status line and every counter (one JSON line) on stderr, and the stats file."""
+        snapshot = self.refresh_stats()
+        log.warning("SIGUSR1: %s", self.status_line.render())
+        log.warning("SIGUSR1 stats: %s", orjson.dumps(snapshot).decode())
+        if self.config.stats_file:
+            self._write_stats_file()
+
+    def reopen_record(self) -> None:
+        """SIGUSR2: reopen --record (after log rotation moved it)."""
+        if self.recorder is None:
+            log.info("SIGUSR2: no --record file to reopen")
+            return
+        try:
+            self.recorder.reopen()
+        except OSError as exc:
+            log.error("SIGUSR2: cannot reopen --record (%s); recording stops", exc.strerror or exc)
+            self.recorder = None
+            return
+        log.info("SIGUSR2: reopened --record")
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -361,8 +471,10 @@ class Balancer:
         self.output = PipeOutput(self)
         become_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump_stats)
+        loop.add_signal_handler(signal.SIGUSR2, self.reopen_record)
         log.info("%d pipes of %d bytes each", self.config.npipes, self.pipes.pipe_size)
         try:
             self.start_worker()
@@ -375,6 +487,8 @@ class Balancer:
         try:
             code = await self.feed()
         finally:
+            if not self.stopping:  # the feed ended by itself (exit 3): the same bound applies
+                self.stop_deadline = time.monotonic() + self.config.shutdown_timeout
             self.stopping = True
             self._stop_event.set()
             for task in tasks:
@@ -383,9 +497,15 @@ class Balancer:
         return code
 
     async def shutdown(self) -> None:
-        """Flush queued data (bounded), close the write ends so the worker sees EOF, wait for it."""
-        deadline = time.monotonic() + self.config.shutdown_timeout
-        while self.pipes.total_backlog and self.worker_pid and time.monotonic() < deadline:
+        """Flush queued data, close the write ends so the worker sees EOF, wait for it, then
+        SIGTERM, then SIGKILL its group: all of it within --shutdown-timeout of the signal."""
+        deadline = self.stop_deadline
+        timeout = self.config.shutdown_timeout
+        reserve = min(2.0, timeout * 0.2)  # for SIGTERM, then SIGKILL and reaping
+        term_at, kill_at = deadline - reserve, deadline - reserve / 2
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        while self.pipes.total_backlog and self.worker_pid and time.monotonic() < term_at:
             await asyncio.sleep(0.02)
         if self.pipes.total_backlog:
             log.error("shutdown: %d bytes could not be written to the pipes in time",
@@ -394,25 +514,27 @@ class Balancer:
         self.pipes.close_write_ends()
         pid = self.worker_pid
         if pid:
-            remaining = max(0.0, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(self._worker_gone.wait(), remaining)
-            except TimeoutError:
+            if not await self._worker_exit(term_at):
                 log.error("worker %d did not exit after EOF; terminating it", pid)
                 kill_group(pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(self._worker_gone.wait(), 5.0)
-                except TimeoutError:
+                if not await self._worker_exit(kill_at):
+                    log.error("worker %d ignored SIGTERM; killing it", pid)
                     kill_group(pid, signal.SIGKILL)
-            await self._end_group(pid)
-        if self._restart_task is not None:
-            self._restart_task.cancel()
+        # none of lb's descendants outlives it: the worker's group, and any that left it
+        await self._end_group(pid or -1, max(deadline, time.monotonic() + 0.2), everything=True)
         if self.recorder is not None:
             self.recorder.close()
         if self.config.stats_file:
-            write_json_atomic(self.config.stats_file, self.refresh_stats())
+            self._write_stats_file()
         if self.config.stats_interval > 0:
             log.info("final: %s", self.status_line.render())
+
+    async def _worker_exit(self, until: float) -> bool:
+        try:
+            await asyncio.wait_for(self._worker_gone.wait(), max(0.0, until - time.monotonic()))
+        except TimeoutError:
+            return False
+        return True
 
 
 def run(config: Config) -> int:

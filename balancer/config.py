@@ -40,3 +40,4 @@ class Config:
     connect_timeout: float
     verbosity: int
     engine: str = "auto"  # --engine: auto | native | python
+    max_backlog_total: int = 1 << 30  # --max-backlog-total (cli derives the default from RAM)
