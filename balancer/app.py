@@ -30,6 +30,7 @@ from balancer.supervisor import (
     become_subreaper,
     descendants,
     describe_status,
+    dumpable,
     group_alive,
     holding,
     kill_group,
@@ -71,6 +72,27 @@ def release_free_memory() -> None:
         trim(0)
 
 
+class RepeatedFailure:
+    """A failure that will not fix itself (a certificate that fails verification): the first one
+    is a warning, then one error line every ``every`` seconds with the count; those between are
+    DEBUG. Pure: the clock is a parameter."""
+
+    def __init__(self, what: str, every: float = CERT_ERROR_EVERY, clock: Any = time.monotonic) -> None:
+        self.what, self.every, self.clock = what, every, clock
+        self._logged_at = 0.0
+
+    def failed(self, count: int) -> tuple[int, str | None]:
+        """(the level for this failure's own line, an error line to log too or None)."""
+        now = self.clock()
+        if count <= 1:
+            self._logged_at = now
+            return logging.WARNING, None
+        if now - self._logged_at >= self.every:
+            self._logged_at = now
+            return logging.DEBUG, f"{self.what} failed {count} times in a row; still retrying"
+        return logging.DEBUG, None
+
+
 class TLSUnavailable(Exception):
     pass
 
@@ -103,7 +125,7 @@ class Recorder:
         self._file: IO[bytes] = self._open()
 
     def _open(self) -> IO[bytes]:
-        return gzip.open(self.path, "ab") if self.path.endswith(".gz") else open(self.path, "ab")  # noqa: SIM115
+        return gzip.open(self.path, "ab") if self.path.endswith(".gz") else open(self.path, "ab")
 
     def reopen(self) -> None:
         """SIGUSR2: close the file and open PATH anew (after log rotation moved it away)."""
@@ -214,6 +236,7 @@ class Balancer:
         self.stop_deadline = 0.0  # set by request_stop: the bound of the whole shutdown
         self._inodes = pipe_inodes(self.pipes.read_fds)
         self._abandoned_since: float | None = None
+        self._cert_log = RepeatedFailure("certificate verification (check the host name and --cafile)")
 
     # -- the worker ----------------------------------------------------------------------
 
@@ -318,6 +341,10 @@ class Balancer:
             except SessionEnded as exc:
                 self._count_end(exc.cause)
                 level = logging.INFO if exc.cause == "shutdown" else logging.WARNING
+                if exc.cause == "tls" and str(exc).startswith("certificate verification failed"):
+                    level = self._certificate_failure()
+                else:
+                    self.stats.cert_failures = 0
                 log.log(level, "disconnected (%s): %s", exc.cause, exc)
             except polygon.AuthFailed as exc:
                 self._count_end("auth_failed")
@@ -353,6 +380,14 @@ class Balancer:
 
     def _on_streaming(self, session: Session) -> None:
         self.stats.connected = True
+        self.stats.cert_failures = 0
+
+    def _certificate_failure(self) -> int:
+        self.stats.cert_failures += 1
+        level, summary = self._cert_log.failed(self.stats.cert_failures)
+        if summary:
+            log.error("%s", summary)
+        return level
 
     def _count_end(self, cause: str) -> None:
         self.stats.disconnects[cause] += 1
@@ -373,6 +408,7 @@ class Balancer:
         s.discarded_bytes, s.discarded_messages = p.discarded_bytes, p.discarded_messages
         snapshot = s.snapshot()
         snapshot["pipes"] = {"accepted": p.accepted, "written": p.written, "backlog": p.backlog_bytes}
+        snapshot["dumpable"] = dumpable()
         return snapshot
 
     def housekeeping(self) -> None:
@@ -513,13 +549,12 @@ class Balancer:
         self.output.unwatch_all()
         self.pipes.close_write_ends()
         pid = self.worker_pid
-        if pid:
-            if not await self._worker_exit(term_at):
-                log.error("worker %d did not exit after EOF; terminating it", pid)
-                kill_group(pid, signal.SIGTERM)
-                if not await self._worker_exit(kill_at):
-                    log.error("worker %d ignored SIGTERM; killing it", pid)
-                    kill_group(pid, signal.SIGKILL)
+        if pid and not await self._worker_exit(term_at):
+            log.error("worker %d did not exit after EOF; terminating it", pid)
+            kill_group(pid, signal.SIGTERM)
+            if not await self._worker_exit(kill_at):
+                log.error("worker %d ignored SIGTERM; killing it", pid)
+                kill_group(pid, signal.SIGKILL)
         # none of lb's descendants outlives it: the worker's group, and any that left it
         await self._end_group(pid or -1, max(deadline, time.monotonic() + 0.2), everything=True)
         if self.recorder is not None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -51,6 +52,11 @@ def harden() -> None:
     _core_limit = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (0, _core_limit[1]))
     prctl(PR_SET_DUMPABLE, 0)
+
+
+def dumpable() -> int:
+    """PR_GET_DUMPABLE: 0 once harden() ran (for the stats file)."""
+    return int(_libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
 
 
 def close_fds_except(keep: Iterable[int]) -> None:
