@@ -306,7 +306,10 @@ async def test_sigusr2_reopens_the_record_file(tmp_path):
 # -- item 13: everything after EXE is the worker's ------------------------------------------------
 
 def test_a_double_dash_after_exe_reaches_the_worker(tmp_path):
-    lb = LbProcess("ws://127.0.0.1:9/stocks", 2, str(tmp_path), worker("report", "--", "x", "-v"),
+    exe = tmp_path / "exe.sh"  # EXE itself, so that the -- comes right after it
+    exe.write_text(f'#!/bin/sh\nexec {sys.executable} {HERE}/machine_worker.py report "$@"\n')
+    exe.chmod(0o755)
+    lb = LbProcess("ws://127.0.0.1:9/stocks", 2, str(tmp_path), [str(exe), "--", "x", "-v"],
                    options=QUIET).start()
     lb.ready()
     report = wait_for(lambda: reports(str(tmp_path)), 20, "the worker's report")[0]
