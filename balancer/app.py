@@ -56,6 +56,13 @@ CERT_ERROR_EVERY = 60.0  # a certificate failure that persists: one error line t
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return 0
+
+
 def format_bytes(n: float) -> str:
     """Binary units, as the size options take them: 4M is "4.0 MiB"."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -297,7 +304,7 @@ class Balancer:
         if deadline is None:
             deadline = time.monotonic() + GROUP_EXIT_WAIT
         kill_group(pgid)
-        escaped = self._stray_processes(everything)
+        escaped = [pid for pid in self._stray_processes(everything) if _pgid(pid) != pgid]
         if escaped:
             log.warning("killing %d process(es) outside the worker's group that %s: %s", len(escaped),
                         "lb leaves behind" if everything else "still hold the pipes",
@@ -508,6 +515,8 @@ class Balancer:
         become_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
         for sig in STOP_SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # started under nohup: a hangup is not a stop
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_stats)
         loop.add_signal_handler(signal.SIGUSR2, self.reopen_record)

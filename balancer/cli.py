@@ -77,8 +77,11 @@ class _Parser(argparse.ArgumentParser):
             raise argparse.ArgumentError(action, f"invalid choice (choose from {choices})")
 
     def error(self, message: str) -> NoReturn:
-        for text in sorted(self.redact, key=len, reverse=True):
-            if text and text not in self._option_string_actions:
+        head, sep, rest = message.partition("unrecognized arguments: ")
+        if sep:  # name what looks like an option, not what could be a value
+            message = head + sep + " ".join(t if t.startswith("-") else "<a value>" for t in rest.split())
+        for text in sorted(self.redact, key=len, reverse=True):  # a safety net for key-sized text
+            if len(text) >= 8 and text not in self._option_string_actions:
                 message = message.replace(text, "<redacted>")
         self.exit(EXIT_USAGE, f"lb: error: {message} (see lb --help)\n")
 
@@ -324,9 +327,10 @@ def scrub_key_from_argv(key: str) -> bool:
         with open("/proc/self/mem", "r+b", buffering=0) as mem:
             mem.seek(start)
             area = mem.read(end - start)
-            if secret in area:
+            args = area.split(b"\0")
+            if secret in args:  # the argument that is the key, not text that contains it
                 mem.seek(start)
-                mem.write(area.replace(secret, b"x" * len(secret)))
+                mem.write(b"\0".join(b"x" * len(a) if a == secret else a for a in args))
         with open("/proc/self/cmdline", "rb") as f:
             return secret not in f.read()
     except (OSError, ValueError, IndexError):

@@ -411,3 +411,16 @@ async def test_repeated_certificate_failures_log_one_warning(tmp_path):
         assert await stop(lb) == 0
     assert stats["cert_failures"] >= 3
     assert lb.log().count("certificate verification failed") == 1, lb.log()
+
+
+def test_under_nohup_a_hangup_is_not_a_stop(tmp_path):
+    lb = LbProcess("ws://127.0.0.1:9/stocks", 2, str(tmp_path), worker("report"), options=QUIET)
+    lb.argv = ["sh", "-c", 'trap "" HUP && exec "$@"', "sh", *lb.argv]  # SIGHUP ignored, as nohup does
+    lb.start()
+    lb.ready()
+    lb.proc.send_signal(signal.SIGHUP)
+    lb.proc.send_signal(signal.SIGUSR1)  # handled after the SIGHUP: lb is still running then
+    wait_for(lambda: "SIGUSR1 stats" in lb.log(), 20, "the stats dump")
+    assert lb.proc.poll() is None and "SIGHUP" not in lb.log()
+    assert lb.stop() == 0
+    lb.__exit__()
