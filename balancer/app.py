@@ -221,7 +221,7 @@ class PipeOutput:
 
 
 class Balancer:
-    def __init__(self, config: Config, tls_mode: str) -> None:
+    def __init__(self, config: Config, tls_mode: str, recorder: Recorder | None = None) -> None:
         self.config = config
         self.tls_mode = tls_mode
         self.stats = Stats()
@@ -234,7 +234,7 @@ class Balancer:
         self.worker_started_at = 0.0
         self.worker_backoff = 0.0
         self.stopping = False
-        self.recorder = Recorder(config.record) if config.record else None
+        self.recorder = recorder
         self._backlog_since_trim = 0
         self._stop_event: asyncio.Event
         self._worker_gone: asyncio.Event
@@ -594,7 +594,12 @@ def run(config: Config) -> int:
         return EXIT_USAGE
     log.info("data path: %s engine", engine_name)
     try:
-        balancer = Balancer(config, tls_mode)
+        recorder = Recorder(config.record) if config.record else None
+    except OSError as exc:
+        log.error("--record: cannot open it (%s)", exc.strerror or exc)
+        return EXIT_USAGE
+    try:
+        balancer = Balancer(config, tls_mode, recorder)
         balancer.stats.engine = engine_name
     except OSError as exc:
         log.error("cannot set up the pipes: %s", exc)

@@ -211,6 +211,8 @@ def _check_output_path(option: str, path: str | None) -> None:
         raise UsageError(f"{option}: its directory does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"{option}: its directory is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{option}: the file is not writable")
 
 
 def _check_cafile(path: str | None) -> None:
