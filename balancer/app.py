@@ -243,6 +243,7 @@ class Balancer:
         self.stop_deadline = 0.0  # set by request_stop: the bound of the whole shutdown
         self._inodes = pipe_inodes(self.pipes.read_fds)
         self._abandoned_since: float | None = None
+        self._stats_file_failing = False
         self._cert_log = RepeatedFailure("certificate verification (check the host name and --cafile)")
 
     # -- the worker ----------------------------------------------------------------------
@@ -430,8 +431,14 @@ class Balancer:
         assert self.config.stats_file is not None
         try:
             write_json_atomic(self.config.stats_file, self.refresh_stats())
-        except OSError as exc:  # a side write: log it, never stop for it
-            log.warning("--stats-file: cannot write it (%s)", exc.strerror or exc)
+        except OSError as exc:  # a side write: log it (once until it works again), never stop for it
+            if not self._stats_file_failing:
+                log.warning("--stats-file: cannot write it (%s); lb goes on", exc.strerror or exc)
+            self._stats_file_failing = True
+        else:
+            if self._stats_file_failing:
+                log.warning("--stats-file: written again")
+            self._stats_file_failing = False
 
     def _check_pipes_held(self) -> None:
         """A worker that closed its pipes but keeps running would leave lb paused forever: only

@@ -424,3 +424,20 @@ def test_under_nohup_a_hangup_is_not_a_stop(tmp_path):
     assert lb.proc.poll() is None and "SIGHUP" not in lb.log()
     assert lb.stop() == 0
     lb.__exit__()
+
+
+def test_a_stats_file_whose_directory_vanishes_is_one_warning_and_lb_goes_on(tmp_path):
+    side = tmp_path / "side"
+    side.mkdir()
+    lb = LbProcess("ws://127.0.0.1:9/stocks", 2, str(tmp_path), worker("report"),
+                   options=[*QUIET, "--stats-file", str(side / "stats.json")]).start()
+    wait_for(lambda: (side / "stats.json").exists(), 20, "the first snapshot")
+    shutil.rmtree(side)
+    wait_for(lambda: "--stats-file: cannot write it" in lb.log(), 20, "the warning")
+    side.mkdir()
+    wait_for(lambda: (side / "stats.json").exists(), 20, "snapshots again")
+    assert lb.stop() == 0  # before: the stats task died silently and SIGTERM exited 1
+    lb.__exit__()
+    log = lb.log()
+    assert log.count("--stats-file: cannot write it") == 1 and "--stats-file: written again" in log
+    assert "Traceback" not in log
