@@ -165,9 +165,9 @@ class PipeOutput:
             self._watch(pipe)
         if self._watching:
             stats = self.app.stats
-            stats.backlog_peak = max(stats.backlog_peak, self.pipes.total_backlog)
-            if not self.paused and (self.pipes.largest_backlog > self.max_backlog
-                                    or self.pipes.total_backlog > self.max_total):
+            total = self.pipes.total_backlog
+            stats.backlog_peak = max(stats.backlog_peak, total)
+            if not self.paused and (total > self.max_total or self.pipes.largest_backlog > self.max_backlog):
                 self._pause()
 
     def _watch(self, pipe: int) -> None:
