@@ -446,7 +446,9 @@ class Balancer:
         if not self.pipes.total_backlog and not self.output.paused:
             self._abandoned_since = None
             return
-        holders = holding([p for p in descendants(os.getpid()) if alive(p)], self._inodes)
+        # the worker itself first (a few readlinks); all of lb's descendants only when it holds none
+        holders = holding([self.worker_pid], self._inodes) or \
+            holding([p for p in descendants(os.getpid()) if alive(p)], self._inodes)
         now = time.monotonic()
         if holders:
             self._abandoned_since = None
