@@ -72,10 +72,14 @@ def escape(fds: list[int]) -> None:
         drain(fds)
         return
     pids = {}
+    ready_r, ready_w = os.pipe()
     for role in ("holder", "loose"):
         pid = os.fork()
         if pid == 0:
             os.setsid()
+            os.write(ready_w, b"x")  # out of the worker's group now
+            os.close(ready_w)
+            os.close(ready_r)
             if role == "loose":
                 for fd in fds:
                     os.close(fd)
@@ -89,6 +93,7 @@ def escape(fds: list[int]) -> None:
                         pass
                 time.sleep(0.01)
         pids[role] = pid
+        os.read(ready_r, 1)  # wait for its setsid(): the worker may not exit before
     write("escapees.json", pids)
     os._exit(1)
 
