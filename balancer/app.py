@@ -26,10 +26,16 @@ from balancer.stats import Stats, StatusLine, write_json_atomic
 from balancer.supervisor import (
     WorkerSpec,
     WorkerStartError,
+    alive,
     become_subreaper,
+    descendants,
     describe_status,
+    dumpable,
     group_alive,
+    holding,
     kill_group,
+    kill_pids,
+    pipe_inodes,
     reap_children,
     spawn,
 )
@@ -45,6 +51,25 @@ WORKER_BACKOFF_MAX = 30.0
 GROUP_EXIT_WAIT = 5.0
 HOUSEKEEPING = 1.0
 TRIM_AFTER_BACKLOG = 32 * 1024 * 1024
+ABANDONED_PIPES_LIMIT = 10.0  # a worker that holds none of the pipes this long is restarted
+CERT_ERROR_EVERY = 60.0  # a certificate failure that persists: one error line this often
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return 0
+
+
+def format_bytes(n: float) -> str:
+    """Binary units, as the size options take them: 4M is "4.0 MiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def release_free_memory() -> None:
@@ -52,6 +77,27 @@ def release_free_memory() -> None:
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+class RepeatedFailure:
+    """A failure that will not fix itself (a certificate that fails verification): the first one
+    is a warning, then one error line every ``every`` seconds with the count; those between are
+    DEBUG. Pure: the clock is a parameter."""
+
+    def __init__(self, what: str, every: float = CERT_ERROR_EVERY, clock: Any = time.monotonic) -> None:
+        self.what, self.every, self.clock = what, every, clock
+        self._logged_at = 0.0
+
+    def failed(self, count: int) -> tuple[int, str | None]:
+        """(the level for this failure's own line, an error line to log too or None)."""
+        now = self.clock()
+        if count <= 1:
+            self._logged_at = now
+            return logging.WARNING, None
+        if now - self._logged_at >= self.every:
+            self._logged_at = now
+            return logging.DEBUG, f"{self.what} failed {count} times in a row; still retrying"
+        return logging.DEBUG, None
 
 
 class TLSUnavailable(Exception):
@@ -82,7 +128,16 @@ class Recorder:
     """--record: every data payload, one per line."""
 
     def __init__(self, path: str) -> None:
-        self._file: IO[bytes] = gzip.open(path, "ab") if path.endswith(".gz") else open(path, "ab")  # noqa: SIM115
+        self.path = path
+        self._file: IO[bytes] = self._open()
+
+    def _open(self) -> IO[bytes]:
+        return gzip.open(self.path, "ab") if self.path.endswith(".gz") else open(self.path, "ab")
+
+    def reopen(self) -> None:
+        """SIGUSR2: close the file and open PATH anew (after log rotation moved it away)."""
+        self._file.close()
+        self._file = self._open()
 
     def write(self, payload: bytes) -> None:
         if b"\n" in payload or b"\r" in payload:  # pretty-printed JSON: one line per message
@@ -100,6 +155,7 @@ class PipeOutput:
         self.app = app
         self.pipes = app.pipes
         self.max_backlog = app.config.max_backlog
+        self.max_total = app.config.max_backlog_total
         self.loop = asyncio.get_running_loop()
         self._watching: set[int] = set()
         self.paused = False
@@ -109,8 +165,9 @@ class PipeOutput:
             self._watch(pipe)
         if self._watching:
             stats = self.app.stats
-            stats.backlog_peak = max(stats.backlog_peak, self.pipes.total_backlog)
-            if not self.paused and self.pipes.largest_backlog > self.max_backlog:
+            total = self.pipes.total_backlog
+            stats.backlog_peak = max(stats.backlog_peak, total)
+            if not self.paused and (total > self.max_total or self.pipes.largest_backlog > self.max_backlog):
                 self._pause()
 
     def _watch(self, pipe: int) -> None:
@@ -122,7 +179,8 @@ class PipeOutput:
         if self.pipes.flush(pipe):
             self._watching.discard(pipe)
             self.loop.remove_writer(self.pipes.write_fds[pipe])
-        if self.paused and self.pipes.largest_backlog <= self.max_backlog // 2:
+        if (self.paused and self.pipes.largest_backlog <= self.max_backlog // 2
+                and self.pipes.total_backlog <= self.max_total // 2):
             self._resume()
 
     def _pause(self) -> None:
@@ -130,17 +188,23 @@ class PipeOutput:
         self.app.stats.paused = True
         self.app.stats.backpressure_pauses += 1
         pipe = max(range(self.pipes.npipes), key=self.pipes.backlog_bytes.__getitem__)
-        log.warning("backpressure: pipe %d holds %.1f MB unwritten (--max-backlog %.1f MB); "
-                    "pausing the socket until it drains", pipe, self.pipes.backlog_bytes[pipe] / 1e6,
-                    self.max_backlog / 1e6)
+        if self.pipes.largest_backlog > self.max_backlog:
+            log.warning("backpressure: pipe %d holds %s unwritten (--max-backlog %s); pausing the "
+                        "socket until it drains", pipe, format_bytes(self.pipes.backlog_bytes[pipe]),
+                        format_bytes(self.max_backlog))
+        else:
+            log.warning("backpressure: the pipes hold %s unwritten (--max-backlog-total %s; pipe %d "
+                        "the most, %s); pausing the socket until it drains",
+                        format_bytes(self.pipes.total_backlog), format_bytes(self.max_total), pipe,
+                        format_bytes(self.pipes.backlog_bytes[pipe]))
         if self.app.session is not None:
             self.app.session.pause_reading()
 
     def _resume(self) -> None:
         self.paused = False
         self.app.stats.paused = False
-        log.warning("backpressure released: largest backlog %.1f MB; reading again",
-                    self.pipes.largest_backlog / 1e6)
+        log.warning("backpressure released: largest backlog %s, total %s; reading again",
+                    format_bytes(self.pipes.largest_backlog), format_bytes(self.pipes.total_backlog))
         if self.app.session is not None:
             self.app.session.resume_reading()
 
@@ -157,7 +221,7 @@ class PipeOutput:
 
 
 class Balancer:
-    def __init__(self, config: Config, tls_mode: str) -> None:
+    def __init__(self, config: Config, tls_mode: str, recorder: Recorder | None = None) -> None:
         self.config = config
         self.tls_mode = tls_mode
         self.stats = Stats()
@@ -170,13 +234,18 @@ class Balancer:
         self.worker_started_at = 0.0
         self.worker_backoff = 0.0
         self.stopping = False
-        self.recorder = Recorder(config.record) if config.record else None
+        self.recorder = recorder
         self._backlog_since_trim = 0
         self._stop_event: asyncio.Event
         self._worker_gone: asyncio.Event
         self._restart_task: asyncio.Task[None] | None = None
         self.output: PipeOutput
         self.metrics: Any = None  # balancer.metrics.MetricsServer with --metrics
+        self.stop_deadline = 0.0  # set by request_stop: the bound of the whole shutdown
+        self._inodes = pipe_inodes(self.pipes.read_fds)
+        self._abandoned_since: float | None = None
+        self._stats_file_failing = False
+        self._cert_log = RepeatedFailure("certificate verification (check the host name and --cafile)")
 
     # -- the worker ----------------------------------------------------------------------
 
@@ -187,9 +256,13 @@ class Balancer:
         self._worker_gone.clear()
         self.stats.worker_pid = self.worker_pid
         self.stats.worker_starts += 1
+        self._abandoned_since = None
         log.info("worker %d started: %s (%d pipes)", self.worker_pid, c.exe, c.npipes)
-        if c.ready_file:
-            write_json_atomic(c.ready_file, {"pid": os.getpid(), "worker_pid": self.worker_pid})
+        if c.ready_file:  # a side write: it never decides whether a worker runs
+            try:
+                write_json_atomic(c.ready_file, {"pid": os.getpid(), "worker_pid": self.worker_pid})
+            except OSError as exc:
+                log.warning("--ready-file: cannot write it (%s); the worker runs", exc.strerror or exc)
 
     def on_sigchld(self) -> None:
         for pid, status in reap_children():
@@ -226,15 +299,30 @@ class Balancer:
                 log.error("%s; retrying in %.1f s", exc, self.worker_backoff)
                 await self._sleep(self.worker_backoff)
 
-    async def _end_group(self, pgid: int) -> None:
-        """Kill what the worker forked and wait until nothing of it can still read the pipes."""
+    async def _end_group(self, pgid: int, deadline: float | None = None, everything: bool = False) -> None:
+        """Kill what the worker forked and wait until nothing of it can still read the pipes:
+        its process group, and any descendant of lb's (one that left the group with setsid()
+        is lb's child now, lb being subreaper) holding a pipe; ``everything``: every descendant."""
+        if deadline is None:
+            deadline = time.monotonic() + GROUP_EXIT_WAIT
         kill_group(pgid)
-        deadline = time.monotonic() + GROUP_EXIT_WAIT
-        while group_alive(pgid) and time.monotonic() < deadline:
+        escaped = [pid for pid in self._stray_processes(everything) if _pgid(pid) != pgid]
+        if escaped:
+            log.warning("killing %d process(es) outside the worker's group that %s: %s", len(escaped),
+                        "lb leaves behind" if everything else "still hold the pipes",
+                        " ".join(map(str, escaped)))
+            kill_pids(escaped)
+        while (group_alive(pgid) or any(map(alive, escaped))) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
             self.on_sigchld()
-        if group_alive(pgid):
-            log.error("processes of the dead worker's group %d survive SIGKILL; resyncing anyway", pgid)
+        if group_alive(pgid) or any(map(alive, escaped)):
+            log.error("processes of the dead worker (group %d) survive SIGKILL; going on anyway", pgid)
+
+    def _stray_processes(self, everything: bool) -> list[int]:
+        pids = [pid for pid in descendants(os.getpid()) if alive(pid)]
+        if everything or self.pipes.closed:
+            return pids
+        return holding(pids, self._inodes)
 
     # -- the feed ---------------------------------------------------------------------------
 
@@ -262,6 +350,10 @@ class Balancer:
             except SessionEnded as exc:
                 self._count_end(exc.cause)
                 level = logging.INFO if exc.cause == "shutdown" else logging.WARNING
+                if exc.cause == "tls" and str(exc).startswith("certificate verification failed"):
+                    level = self._certificate_failure()
+                else:
+                    self.stats.cert_failures = 0
                 log.log(level, "disconnected (%s): %s", exc.cause, exc)
             except polygon.AuthFailed as exc:
                 self._count_end("auth_failed")
@@ -297,6 +389,14 @@ class Balancer:
 
     def _on_streaming(self, session: Session) -> None:
         self.stats.connected = True
+        self.stats.cert_failures = 0
+
+    def _certificate_failure(self) -> int:
+        self.stats.cert_failures += 1
+        level, summary = self._cert_log.failed(self.stats.cert_failures)
+        if summary:
+            log.error("%s", summary)
+        return level
 
     def _count_end(self, cause: str) -> None:
         self.stats.disconnects[cause] += 1
@@ -317,14 +417,53 @@ class Balancer:
         s.discarded_bytes, s.discarded_messages = p.discarded_bytes, p.discarded_messages
         snapshot = s.snapshot()
         snapshot["pipes"] = {"accepted": p.accepted, "written": p.written, "backlog": p.backlog_bytes}
+        snapshot["dumpable"] = dumpable()
         return snapshot
 
     def housekeeping(self) -> None:
         if not self.pipes.closed and self.worker_pid:
             self.pipes.prune()
+            self._check_pipes_held()
         self._return_memory_after_backlog()
         if self.config.stats_file:
+            self._write_stats_file()
+
+    def _write_stats_file(self) -> None:
+        assert self.config.stats_file is not None
+        try:
             write_json_atomic(self.config.stats_file, self.refresh_stats())
+        except OSError as exc:  # a side write: log it (once until it works again), never stop for it
+            if not self._stats_file_failing:
+                log.warning("--stats-file: cannot write it (%s); lb goes on", exc.strerror or exc)
+            self._stats_file_failing = True
+        else:
+            if self._stats_file_failing:
+                log.warning("--stats-file: written again")
+            self._stats_file_failing = False
+
+    def _check_pipes_held(self) -> None:
+        """A worker that closed its pipes but keeps running would leave lb paused forever: only
+        lb holds the read ends then. Checked while data waits; restarted after a bound."""
+        if not self.pipes.total_backlog and not self.output.paused:
+            self._abandoned_since = None
+            return
+        # the worker itself first (a few readlinks); all of lb's descendants only when it holds none
+        holders = holding([self.worker_pid], self._inodes) or \
+            holding([p for p in descendants(os.getpid()) if alive(p)], self._inodes)
+        now = time.monotonic()
+        if holders:
+            self._abandoned_since = None
+        elif self._abandoned_since is None:
+            self._abandoned_since = now
+            log.error("worker %d holds none of the pipes but still runs (%s waiting); restarting it "
+                      "in %.0f s unless it opens them again", self.worker_pid,
+                      format_bytes(self.pipes.total_backlog), ABANDONED_PIPES_LIMIT)
+        elif now - self._abandoned_since >= ABANDONED_PIPES_LIMIT:
+            log.error("worker %d closed its pipes %.0f s ago and still runs: killing it (and its "
+                      "group) to restart it", self.worker_pid, now - self._abandoned_since)
+            self._abandoned_since = None
+            self.stats.abandoned_pipes += 1
+            kill_group(self.worker_pid)
 
     def _return_memory_after_backlog(self) -> None:
         """A slow worker's backlog can grow to hundreds of MB (at the open, say); once it has
@@ -349,11 +488,34 @@ class Balancer:
     def request_stop(self, signame: str) -> None:
         if self.stopping:
             return
-        log.info("%s: shutting down", signame)
+        log.info("%s: shutting down (at most %g s)", signame, self.config.shutdown_timeout)
         self.stopping = True
+        self.stop_deadline = time.monotonic() + self.config.shutdown_timeout
         self._stop_event.set()
         if self.session is not None:
-            self.session.close()
+            # the close handshake takes at most a third of the shutdown bound
+            self.session.close(wait=min(self.session.close_wait, self.config.shutdown_timeout / 3))
+
+    def dump_stats(self) -> None:
+        """SIGUSR1: the status line and every counter (one JSON line) on stderr, and the stats file."""
+        snapshot = self.refresh_stats()
+        log.warning("SIGUSR1: %s", self.status_line.render())
+        log.warning("SIGUSR1 stats: %s", orjson.dumps(snapshot).decode())
+        if self.config.stats_file:
+            self._write_stats_file()
+
+    def reopen_record(self) -> None:
+        """SIGUSR2: reopen --record (after log rotation moved it)."""
+        if self.recorder is None:
+            log.info("SIGUSR2: no --record file to reopen")
+            return
+        try:
+            self.recorder.reopen()
+        except OSError as exc:
+            log.error("SIGUSR2: cannot reopen --record (%s); recording stops", exc.strerror or exc)
+            self.recorder = None
+            return
+        log.info("SIGUSR2: reopened --record")
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -362,8 +524,12 @@ class Balancer:
         self.output = PipeOutput(self)
         become_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # started under nohup: a hangup is not a stop
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump_stats)
+        loop.add_signal_handler(signal.SIGUSR2, self.reopen_record)
         log.info("%d pipes of %d bytes each", self.config.npipes, self.pipes.pipe_size)
         if self.config.metrics is not None:
             from balancer import metrics
@@ -384,6 +550,8 @@ class Balancer:
         try:
             code = await self.feed()
         finally:
+            if not self.stopping:  # the feed ended by itself (exit 3): the same bound applies
+                self.stop_deadline = time.monotonic() + self.config.shutdown_timeout
             self.stopping = True
             self._stop_event.set()
             for task in tasks:
@@ -392,9 +560,15 @@ class Balancer:
         return code
 
     async def shutdown(self) -> None:
-        """Flush queued data (bounded), close the write ends so the worker sees EOF, wait for it."""
-        deadline = time.monotonic() + self.config.shutdown_timeout
-        while self.pipes.total_backlog and self.worker_pid and time.monotonic() < deadline:
+        """Flush queued data, close the write ends so the worker sees EOF, wait for it, then
+        SIGTERM, then SIGKILL its group: all of it within --shutdown-timeout of the signal."""
+        deadline = self.stop_deadline
+        timeout = self.config.shutdown_timeout
+        reserve = min(2.0, timeout * 0.2)  # for SIGTERM, then SIGKILL and reaping
+        term_at, kill_at = deadline - reserve, deadline - reserve / 2
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        while self.pipes.total_backlog and self.worker_pid and time.monotonic() < term_at:
             await asyncio.sleep(0.02)
         if self.pipes.total_backlog:
             log.error("shutdown: %d bytes could not be written to the pipes in time",
@@ -402,28 +576,29 @@ class Balancer:
         self.output.unwatch_all()
         self.pipes.close_write_ends()
         pid = self.worker_pid
-        if pid:
-            remaining = max(0.0, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(self._worker_gone.wait(), remaining)
-            except TimeoutError:
-                log.error("worker %d did not exit after EOF; terminating it", pid)
-                kill_group(pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(self._worker_gone.wait(), 5.0)
-                except TimeoutError:
-                    kill_group(pid, signal.SIGKILL)
-            await self._end_group(pid)
-        if self._restart_task is not None:
-            self._restart_task.cancel()
+        if pid and not await self._worker_exit(term_at):
+            log.error("worker %d did not exit after EOF; terminating it", pid)
+            kill_group(pid, signal.SIGTERM)
+            if not await self._worker_exit(kill_at):
+                log.error("worker %d ignored SIGTERM; killing it", pid)
+                kill_group(pid, signal.SIGKILL)
+        # none of lb's descendants outlives it: the worker's group, and any that left it
+        await self._end_group(pid or -1, max(deadline, time.monotonic() + 0.2), everything=True)
         if self.recorder is not None:
             self.recorder.close()
         if self.config.stats_file:
-            write_json_atomic(self.config.stats_file, self.refresh_stats())
+            self._write_stats_file()
         if self.config.stats_interval > 0:
             log.info("final: %s", self.status_line.render())
         if self.metrics is not None:
             self.metrics.close()
+
+    async def _worker_exit(self, until: float) -> bool:
+        try:
+            await asyncio.wait_for(self._worker_gone.wait(), max(0.0, until - time.monotonic()))
+        except TimeoutError:
+            return False
+        return True
 
 
 def run(config: Config) -> int:
@@ -439,7 +614,12 @@ def run(config: Config) -> int:
         return EXIT_USAGE
     log.info("data path: %s engine", engine_name)
     try:
-        balancer = Balancer(config, tls_mode)
+        recorder = Recorder(config.record) if config.record else None
+    except OSError as exc:
+        log.error("--record: cannot open it (%s)", exc.strerror or exc)
+        return EXIT_USAGE
+    try:
+        balancer = Balancer(config, tls_mode, recorder)
         balancer.stats.engine = engine_name
     except OSError as exc:
         log.error("cannot set up the pipes: %s", exc)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
+from typing import Any, NoReturn
 
 from balancer.config import EXIT_USAGE, Config
 from balancer.url import URLError, parse_url
@@ -43,10 +45,10 @@ def parse_size(text: str) -> int:
     number = value[: len(value) - len(unit)]
     try:
         size = int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError("not a size in bytes (e.g. 64M)") from None
     if size <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+        raise argparse.ArgumentTypeError("size must be positive")
     return size
 
 
@@ -55,9 +57,9 @@ def _seconds(allow_zero: bool):
         try:
             value = float(text.removesuffix("s"))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-        if value < 0 or (value == 0 and not allow_zero) or value != value:
-            raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}: {text!r}")
+            raise argparse.ArgumentTypeError("not a number of seconds") from None
+        if value < 0 or (value == 0 and not allow_zero) or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a number of seconds {'>= 0' if allow_zero else '> 0'}")
         return value
 
     return parse
@@ -73,7 +75,23 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    """Errors in one line, exit 2, and never the text of an argument: any of them could be the
+    key (given in the wrong place), so an error names the argument, not what it holds."""
+
+    redact: tuple[str, ...] = ()
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice (choose from {choices})")
+
+    def error(self, message: str) -> NoReturn:
+        head, sep, rest = message.partition("unrecognized arguments: ")
+        if sep:  # name what looks like an option, not what could be a value
+            message = head + sep + " ".join(t if t.startswith("-") else "<a value>" for t in rest.split())
+        for text in sorted(self.redact, key=len, reverse=True):  # a safety net for key-sized text
+            if len(text) >= 8 and text not in self._option_string_actions:
+                message = message.replace(text, "<redacted>")
         self.exit(EXIT_USAGE, f"lb: error: {message} (see lb --help)\n")
 
 
@@ -90,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("npipes", metavar="NPIPES", help="number of pipes (>= 1)")
     p.add_argument("workdir", metavar="WORKDIR", help="working directory of the worker")
     p.add_argument("exe", metavar="EXE", help="worker executable (PATH is searched for bare names)")
-    p.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER,
-                   help="worker arguments; the pipes' fd numbers are appended")
+    p.add_argument("args", metavar="ARGS", nargs="*",
+                   help="worker arguments, all of them passed as given (-- included); the pipes' "
+                        "fd numbers are appended")
     feed = p.add_argument_group("feed")
     feed.add_argument("--subscribe", metavar="PARAMS", default="T.*",
                       help="subscribe params, e.g. T.AAPL,T.MSFT (default: %(default)s)")
@@ -122,9 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipes.add_argument("--max-backlog", metavar="BYTES", type=parse_size, default=256 << 20,
                        help="per pipe: queued bytes above which lb stops reading the socket until "
                             "the backlog halves; nothing is dropped (default: 256M)")
+    pipes.add_argument("--max-backlog-total", metavar="BYTES", type=parse_size, default=None,
+                       help="all pipes together: queued bytes above which lb stops reading the "
+                            "socket until the total halves (default: 1/8 of the machine's memory, "
+                            "at least 64M)")
     pipes.add_argument("--shutdown-timeout", metavar="SECONDS", type=_seconds(False), default=30.0,
-                       help="on SIGTERM/SIGINT, how long to wait for queued data to reach the "
-                            "pipes and for the worker to exit (default: %(default)g)")
+                       help="on SIGTERM/SIGINT/SIGHUP/SIGQUIT, the bound of the whole shutdown: "
+                            "close handshake, flushing the pipes, the worker's exit (default: "
+                            "%(default)g)")
     out = p.add_argument_group("output")
     out.add_argument("--stats-interval", metavar="SECONDS", type=_seconds(True), default=5.0,
                      help="one status line on stderr this often; 0 turns it off (default: %(default)g)")
@@ -156,33 +180,107 @@ def read_key(arg: str) -> str:
     return key
 
 
+_POSITIONALS = 5  # KEY URL NPIPES WORKDIR EXE
+
+
+def split_argv(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(lb's arguments up to and including EXE, the worker's arguments after EXE).
+
+    Done by hand, since argparse would take a ``--`` after EXE for itself: everything after
+    EXE is the worker's, as given. Options may come before and between the positionals."""
+    actions = parser._option_string_actions
+    positionals = 0
+    i = 0
+    only_positionals = False
+    while i < len(argv) and positionals < _POSITIONALS:
+        token = argv[i]
+        i += 1
+        if only_positionals or token == "-" or not token.startswith("-"):
+            positionals += 1
+        elif token == "--":
+            only_positionals = True
+        elif token.startswith("--"):
+            name = token.split("=", 1)[0]
+            matches = [a for s, a in actions.items() if s == name] or \
+                [a for s, a in actions.items() if s.startswith(name) and s.startswith("--")]
+            if "=" not in token and len({id(a) for a in matches}) == 1 and matches[0].nargs != 0:
+                i += 1  # the option's value
+        else:  # short options: -v, -vq, -q
+            action = actions.get(token[:2])
+            if action is not None and action.nargs != 0 and len(token) == 2:
+                i += 1
+    return argv[:i], argv[i:]
+
+
+def _check_output_path(option: str, path: str | None) -> None:
+    """An output file's directory must exist and be writable now, before anything starts."""
+    if path is None:
+        return
+    if not path or os.path.isdir(path):
+        raise UsageError(f"{option}: not a file path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{option}: its directory does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: its directory is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{option}: the file is not writable")
+
+
+def _check_cafile(path: str | None) -> None:
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise UsageError("--cafile: not a file")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise UsageError(f"--cafile: no usable CA certificate in the file ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise UsageError(f"--cafile: cannot be read ({exc.strerror})") from None
+
+
+def default_max_backlog_total() -> int:
+    """1/8 of the machine's memory, at least 64M."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        memory = 0
+    return max(64 << 20, memory // 8)
+
+
 def parse_config(argv: list[str]) -> Config:
     from balancer.supervisor import resolve_executable
 
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.redact = tuple(argv)
+    head, worker_args = split_argv(parser, argv)
+    ns = parser.parse_args(head)
     try:
         npipes = int(ns.npipes)
     except ValueError:
-        raise UsageError(f"NPIPES must be a whole number, not {ns.npipes!r}") from None
+        raise UsageError("NPIPES must be a whole number") from None
     if not 1 <= npipes <= 4096:
-        raise UsageError(f"NPIPES must be between 1 and 4096, not {npipes}")
+        raise UsageError("NPIPES must be between 1 and 4096")
     try:
         url = parse_url(ns.url)
     except URLError as exc:
         raise UsageError(str(exc)) from None
-    if ns.cafile and not os.path.isfile(ns.cafile):
-        raise UsageError(f"--cafile {ns.cafile!r} is not a file")
+    _check_cafile(ns.cafile)
     try:
         resolve_executable(ns.exe, ns.workdir)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    _check_output_path("--ready-file", ns.ready_file)
+    _check_output_path("--stats-file", ns.stats_file)
+    _check_output_path("--record", ns.record)
     return Config(
         key=read_key(ns.key),
         url=url,
         npipes=npipes,
         workdir=os.path.abspath(ns.workdir),
         exe=ns.exe,
-        args=list(ns.args),
+        args=[*ns.args, *worker_args],
         subscribe=ns.subscribe,
         cafile=ns.cafile,
         tls=ns.tls,
@@ -190,6 +288,7 @@ def parse_config(argv: list[str]) -> Config:
         ping_timeout=ns.ping_timeout,
         pipe_size=ns.pipe_size,
         max_backlog=ns.max_backlog,
+        max_backlog_total=ns.max_backlog_total or default_max_backlog_total(),
         max_message=ns.max_message,
         stats_interval=ns.stats_interval,
         stats_file=ns.stats_file,
@@ -213,16 +312,65 @@ def setup_logging(verbosity: int) -> None:
     root.propagate = False
 
 
+def _refuse_key_log() -> None:
+    """SSLKEYLOGFILE would make OpenSSL write the session secrets: out of lb's environment
+    (and so the worker's) before any TLS context exists, loudly."""
+    if "SSLKEYLOGFILE" in os.environ:
+        del os.environ["SSLKEYLOGFILE"]
+        print("lb: WARNING: SSLKEYLOGFILE is set: ignored and removed from the environment (it would "
+              "write the TLS session secrets, and so the API key on the wire, to a file)", file=sys.stderr)
+
+
+def _arg_area() -> tuple[int, int]:
+    """arg_start, arg_end of this process (fields 48, 49 of /proc/self/stat)."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[45]), int(fields[46])  # fields[0] is field 3
+
+
+def scrub_key_from_argv(key: str) -> bool:
+    """Overwrite the key where the kernel shows our command line (/proc/PID/cmdline, ps) and in
+    sys.argv. Best effort: True when the key is no longer in /proc/self/cmdline."""
+    secret = key.encode()
+    if not secret:
+        return True
+    sys.argv[:] = ["-" if a == key else a for a in sys.argv]
+    if hasattr(sys, "orig_argv"):
+        sys.orig_argv[:] = ["-" if a == key else a for a in sys.orig_argv]
+    try:
+        start, end = _arg_area()
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            area = mem.read(end - start)
+            args = area.split(b"\0")
+            if secret in args:  # the argument that is the key, not text that contains it
+                mem.seek(start)
+                mem.write(b"\0".join(b"x" * len(a) if a == secret else a for a in args))
+        with open("/proc/self/cmdline", "rb") as f:
+            return secret not in f.read()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _refuse_key_log()
     try:
         config = parse_config(argv)
     except UsageError as exc:
         print(f"lb: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.verbosity)
+    if config.key in argv and not scrub_key_from_argv(config.key):
+        logging.getLogger("lb").warning("could not remove the key from lb's command line "
+                                        "(/proc/%d/cmdline); prefer KEY -", os.getpid())
     from balancer.app import run
+    from balancer.supervisor import harden
 
+    try:
+        harden()
+    except OSError as exc:
+        logging.getLogger("lb").warning("cannot turn off core dumps (%s)", exc.strerror or exc)
     return run(config)
 
 

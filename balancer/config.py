@@ -41,3 +41,4 @@ class Config:
     verbosity: int
     engine: str = "auto"  # --engine: auto | native | python
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT: serve /metrics there
+    max_backlog_total: int = 1 << 30  # --max-backlog-total (cli derives the default from RAM)

@@ -63,6 +63,8 @@ COUNTERS = {
     "discarded_bytes": ("lb_discarded_bytes",
                         "Bytes of messages a dead worker had partly read, skipped to resync"),
     "discarded_messages": ("lb_discarded_messages", "Messages a dead worker had partly read"),
+    "abandoned_pipes": ("lb_abandoned_pipes",
+                        "Times the worker was restarted for holding none of its pipes while data waited"),
 }
 
 # stats-file key -> (metric name, help) for gauges
@@ -80,6 +82,8 @@ GAUGES = {
     "open_fds": ("lb_open_fds", "Open file descriptors"),
     "uptime": ("lb_uptime_seconds", "Seconds since lb started"),
     "started": ("lb_start_time_seconds", "Start time, seconds since the epoch"),
+    "cert_failures": ("lb_certificate_failures", "Consecutive certificate verification failures"),
+    "dumpable": ("lb_dumpable", "1 if lb can be dumped or traced (PR_GET_DUMPABLE); 0 by default"),
 }
 
 # stats-file keys exported otherwise, or not numbers

@@ -202,16 +202,23 @@ class Session:
         if self._done is not None and not self._done.done():
             self._done.set_exception(exc)
 
-    def close(self, code: int = frames.CLOSE_GOING_AWAY, reason: str = "shutting down") -> None:
+    close_wait = CLOSE_WAIT
+
+    def close(self, code: int = frames.CLOSE_GOING_AWAY, reason: str = "shutting down",
+              wait: float = CLOSE_WAIT) -> None:
         """The closing handshake: send a close frame and keep reading (and routing: the server
-        sent those trades whole) until the server's close frame arrives, for at most
-        CLOSE_WAIT seconds. Closing the socket on unread data would reset it instead."""
+        sent those trades whole) until the server's close frame arrives, for at most ``wait``
+        seconds. Closing the socket on unread data would reset it instead. Also when
+        backpressure paused reading: the reply lies behind what the server sent before it, so
+        lb reads that too (bounded by the socket buffers and ``wait``), past --max-backlog."""
         transport = self.transport
-        if transport is None or transport.closed or self._loop is None or not self._reading:
+        if transport is None or transport.closed or self._loop is None or not self._opened_at:
             self.end("shutdown", reason)
             return
         self._send_close(code, reason)
-        self._loop.call_later(CLOSE_WAIT, self.end, "shutdown", f"{reason} (no close reply)")
+        if self._paused:
+            self.resume_reading()
+        self._loop.call_later(wait, self.end, "shutdown", f"{reason} (no close reply)")
 
     def _stop(self) -> None:
         if self._timer is not None:

@@ -51,6 +51,8 @@ class Stats:
     worker_restarts: int = 0
     worker_exits: list[str] = field(default_factory=list)
     backpressure_pauses: int = 0
+    abandoned_pipes: int = 0  # workers restarted for holding none of the pipes
+    cert_failures: int = 0  # consecutive certificate verification failures
     paused: bool = False
     # filled in from the router and the pipes at snapshot time
     slow_messages: int = 0

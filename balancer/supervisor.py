@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import shutil
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -36,20 +40,119 @@ def become_subreaper() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+# RLIMIT_CORE as lb found it: lb itself runs with 0 (no core file holding the key), the worker
+# gets the original back.
+_core_limit: tuple[int, int] | None = None
+
+
+def harden() -> None:
+    """No core file and no same-user /proc/<lb>/{mem,environ} access: the key is in lb's
+    memory. Both are lb's alone: exec resets dumpable, and the worker gets RLIMIT_CORE back."""
+    global _core_limit
+    _core_limit = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, _core_limit[1]))
+    prctl(PR_SET_DUMPABLE, 0)
+
+
+def dumpable() -> int:
+    """PR_GET_DUMPABLE: 0 once harden() ran (for the stats file)."""
+    return int(_libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+def close_fds_except(keep: Iterable[int]) -> None:
+    """Close every fd but 0-2 and ``keep``, whatever this process inherited."""
+    low = 3
+    for fd in sorted({fd for fd in keep if fd >= 3}):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (by /proc; processes that called setsid() too)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            children.setdefault(_parent_of(int(name)), []).append(int(name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def pipe_inodes(fds: Iterable[int]) -> set[int]:
+    return {os.fstat(fd).st_ino for fd in fds}
+
+
+def holding(pids: Iterable[int], inodes: set[int]) -> list[int]:
+    """The processes among ``pids`` that hold an fd on one of these pipes."""
+    wanted = {f"pipe:[{inode}]" for inode in inodes}
+    found = []
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{name}") in wanted:
+                    found.append(pid)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is not: it holds no fds and is reaped by lb)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def resolve_executable(exe: str, workdir: str) -> str:
     """Check EXE as exec will find it after chdir(WORKDIR); return the path or raise ValueError."""
     if not os.path.isdir(workdir):
-        raise ValueError(f"WORKDIR {workdir!r} is not a directory")
+        raise ValueError("WORKDIR: not a directory")
     if "/" in exe:
         path = exe if os.path.isabs(exe) else os.path.join(workdir, exe)
         if not os.path.exists(path):
-            raise ValueError(f"worker executable {exe!r} not found (looked for {path})")
+            raise ValueError("EXE: not found (a path with / is taken relative to WORKDIR)")
         if os.path.isdir(path) or not os.access(path, os.X_OK):
-            raise ValueError(f"worker executable {path!r} is not an executable file")
+            raise ValueError("EXE: not an executable file")
         return path
     found = shutil.which(exe)
     if found is None:
-        raise ValueError(f"worker executable {exe!r} not found on PATH")
+        raise ValueError("EXE: not found on PATH")
     return found
 
 
@@ -88,7 +191,7 @@ def spawn(spec: WorkerSpec) -> int:
     if pid == 0:  # child: nothing here may return
         try:
             os.close(report_r)
-            _prepare_child(spec, parent)
+            _prepare_child(spec, parent, report_w)
             os.execvpe(spec.exe, argv, env)
         except BaseException as exc:
             message = f"{type(exc).__name__}: {exc}".encode(errors="replace")
@@ -107,7 +210,7 @@ def spawn(spec: WorkerSpec) -> int:
     return pid
 
 
-def _prepare_child(spec: WorkerSpec, parent: int) -> None:
+def _prepare_child(spec: WorkerSpec, parent: int, report_w: int) -> None:
     os.setpgid(0, 0)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # lb died before the line above took effect
@@ -117,11 +220,17 @@ def _prepare_child(spec: WorkerSpec, parent: int) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.set_wakeup_fd(-1)
     os.chdir(spec.workdir)
+    if _core_limit is not None:
+        resource.setrlimit(resource.RLIMIT_CORE, _core_limit)
+    # Only 0-2 and the read ends, whatever lb inherited (report_w is close-on-exec).
+    close_fds_except([*spec.fds, report_w])
     for fd in spec.fds:
         os.set_inheritable(fd, True)
 
 
 def group_alive(pgid: int) -> bool:
+    if pgid <= 1:
+        return False
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -132,6 +241,8 @@ def group_alive(pgid: int) -> bool:
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    if pgid <= 1:
+        return
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

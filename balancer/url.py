@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 
 class URLError(ValueError):
-    """The URL cannot be used for a websocket connection."""
+    """The URL cannot be used for a websocket connection. The message never holds the URL's
+    text: the argument could be the key given in the wrong place, or hold credentials."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,22 +35,22 @@ def parse_url(text: str) -> WebSocketURL:
     try:
         parts = urlsplit(text)
         port = parts.port
-    except ValueError as exc:
-        raise URLError(f"invalid URL {text!r}: {exc}") from None
+    except ValueError:
+        raise URLError("URL: invalid (a bad port or syntax)") from None
     scheme = parts.scheme.lower()
     if scheme not in ("ws", "wss"):
-        raise URLError(f"URL {text!r}: scheme must be ws or wss, not {parts.scheme or 'missing'!r}")
+        raise URLError("URL: the scheme must be ws or wss")
     if not parts.hostname:
-        raise URLError(f"URL {text!r} has no host")
+        raise URLError("URL: no host")
     if parts.username is not None or parts.password is not None:
-        raise URLError(f"URL {text!r}: credentials in the URL are not supported")
+        raise URLError("URL: credentials in the URL are not supported (give the key as KEY)")
     if parts.fragment:
-        raise URLError(f"URL {text!r}: a websocket URL cannot have a #fragment")
+        raise URLError("URL: a websocket URL cannot have a #fragment")
     tls = scheme == "wss"
     if port is None:
         port = 443 if tls else 80
     if port == 0:
-        raise URLError(f"URL {text!r}: port 0 is not a valid destination")
+        raise URLError("URL: port 0 is not a valid destination")
     resource = parts.path or "/"
     if parts.query:
         resource += "?" + parts.query

@@ -493,12 +493,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def close_inherited_fds(keep: list[int]) -> None:
+    """Whatever the pool inherited besides 0-2 and its pipes is closed before anything is
+    opened or forked, so that no child gets it (a file or socket passed to lb, say)."""
+    keep_set = {0, 1, 2, *keep}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep_set:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own fd, already closed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     if options.procs < 1:
         parser.error("--procs must be at least 1")
     check_fds(parser, options.fds)
+    close_inherited_fds(options.fds)
     try:
         handler_class = load_handler(options.handler)
     except HandlerNotFound as error:

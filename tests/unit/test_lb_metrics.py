@@ -17,6 +17,7 @@ def snapshot(npipes=3):
     data = stats.snapshot()
     data["pipes"] = {"accepted": [10, 20, 30][:npipes], "written": [10, 15, 30][:npipes],
                      "backlog": [0, 5, 0][:npipes]}
+    data["dumpable"] = 0  # added by Balancer.refresh_stats, as "pipes"
     return data
 
 

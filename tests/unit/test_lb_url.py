@@ -35,3 +35,15 @@ def test_parse(text, tls, host, port, resource, host_header):
 def test_rejects(text, fragment):
     with pytest.raises(URLError, match=fragment):
         parse_url(text)
+
+
+@pytest.mark.parametrize("text", [
+    "SECRETKEY123", "wss://user:SECRETKEY123@h/stocks", "ws://SECRETKEY123:99999/",
+    "SECRETKEY123://h/", "ws://h/SECRETKEY123#SECRETKEY123",
+])
+def test_an_error_never_holds_the_url_text(text):
+    """Issue 11 item 7: the argument could be the key given in URL's place, or carry it."""
+    with pytest.raises(URLError) as info:
+        parse_url(text)
+    assert "SECRETKEY123" not in str(info.value)
+    assert str(info.value).startswith("URL")
