@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
@@ -96,10 +97,13 @@ class Recorder:
 class PipeOutput:
     """Routed batches into the pipes; backlogs drained as pipes become writable; backpressure."""
 
-    def __init__(self, app: Balancer) -> None:
-        self.app = app
-        self.pipes = app.pipes
-        self.max_backlog = app.config.max_backlog
+    def __init__(self, pipes: PipeSet, stats: Stats, max_backlog: int,
+                 session: Callable[[], Session | None]) -> None:
+        """``session`` returns the live session (or None between connections) to pause."""
+        self.pipes = pipes
+        self.stats = stats
+        self.session = session
+        self.max_backlog = max_backlog
         self.loop = asyncio.get_running_loop()
         self._watching: set[int] = set()
         self.paused = False
@@ -108,7 +112,7 @@ class PipeOutput:
         for pipe in self.pipes.submit(batches):
             self._watch(pipe)
         if self._watching:
-            stats = self.app.stats
+            stats = self.stats
             stats.backlog_peak = max(stats.backlog_peak, self.pipes.total_backlog)
             if not self.paused and self.pipes.largest_backlog > self.max_backlog:
                 self._pause()
@@ -127,22 +131,24 @@ class PipeOutput:
 
     def _pause(self) -> None:
         self.paused = True
-        self.app.stats.paused = True
-        self.app.stats.backpressure_pauses += 1
+        self.stats.paused = True
+        self.stats.backpressure_pauses += 1
         pipe = max(range(self.pipes.npipes), key=self.pipes.backlog_bytes.__getitem__)
         log.warning("backpressure: pipe %d holds %.1f MB unwritten (--max-backlog %.1f MB); "
                     "pausing the socket until it drains", pipe, self.pipes.backlog_bytes[pipe] / 1e6,
                     self.max_backlog / 1e6)
-        if self.app.session is not None:
-            self.app.session.pause_reading()
+        session = self.session()
+        if session is not None:
+            session.pause_reading()
 
     def _resume(self) -> None:
         self.paused = False
-        self.app.stats.paused = False
+        self.stats.paused = False
         log.warning("backpressure released: largest backlog %.1f MB; reading again",
                     self.pipes.largest_backlog / 1e6)
-        if self.app.session is not None:
-            self.app.session.resume_reading()
+        session = self.session()
+        if session is not None:
+            session.resume_reading()
 
     def unwatch_all(self) -> None:
         for pipe in self._watching:
@@ -358,7 +364,7 @@ class Balancer:
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._worker_gone = asyncio.Event()
-        self.output = PipeOutput(self)
+        self.output = PipeOutput(self.pipes, self.stats, self.config.max_backlog, lambda: self.session)
         become_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -150,7 +150,8 @@ class Simulator:
         tasks = [loop.create_task(self.feed.run())]
         injector = None
         if self.settings.drop_every:
-            injector = FaultInjector(self, self.rng)
+            injector = FaultInjector(self.settings, self.rng, clients=self.clients, feed=self.feed,
+                                     ledger=self.ledger, refuse=self.listener.refuse, log=self.log)
             tasks.append(loop.create_task(injector.run()))
         if self.settings.stats_interval > 0:
             tasks.append(loop.create_task(self.stats_loop()))

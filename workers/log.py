@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any
 
+from workers.cli import run_standalone
+from workers.files import open_log, write_all
 from workers.handler import Aggregator, Handler, HandlerContext
 
 
@@ -64,34 +66,6 @@ class LogHandler(Handler):
         self.files.clear()
 
 
-def open_log(path: str) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    trim_partial_line(fd)
-    return fd
-
-
-def trim_partial_line(fd: int) -> None:
-    """Cut a last line that has no newline: a write interrupted by a kill."""
-    size = os.fstat(fd).st_size
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        block = os.pread(fd, end - start, start)
-        newline = block.rfind(b"\n")
-        if newline >= 0:
-            end = start + newline + 1
-            break
-        end = start
-    if end != size:
-        os.ftruncate(fd, end)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class LogSummary(Aggregator):
     def __init__(self, directory: str, label: str, noun: str = "messages") -> None:
         self.directory = directory
@@ -112,8 +86,6 @@ class LogSummary(Aggregator):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.cli import run_standalone
-
     return run_standalone(LogHandler, argv, prog="python -m workers.log", doc=__doc__)
 
 

@@ -40,12 +40,12 @@ from workers.cli import (
     make_readers,
     positive_float,
 )
+from workers.files import write_all, write_json_atomically
 from workers.framing import frame, split_frames
-from workers.handler import Handler, HandlerContext, HandlerNotFound, load_handler, named_handlers
-from workers.jsonfile import write_json_atomically
-from workers.log import write_all
+from workers.handler import Handler, HandlerContext
 from workers.loop import WorkerLoop
 from workers.progress import SharedProgress
+from workers.registry import HandlerNotFound, load_handler, named_handlers
 from workers.resync import PipeResync
 from workers.signals import SignalPipe
 

@@ -16,8 +16,9 @@ from typing import Any, TextIO
 
 import orjson
 
+from workers.cli import run_standalone
+from workers.files import write_json_atomically
 from workers.handler import Aggregator, Handler, HandlerContext
-from workers.jsonfile import write_json_atomically
 
 TRADES, VOLUME, NOTIONAL, LAST = range(4)
 
@@ -215,8 +216,6 @@ class StatsDisplay(Aggregator):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.cli import run_standalone
-
     return run_standalone(StatsHandler, argv, prog="python -m workers.stats", doc=__doc__)
 
 
