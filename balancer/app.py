@@ -18,7 +18,8 @@ from typing import IO, Any
 import orjson
 
 from balancer import engine, polygon
-from balancer.config import EXIT_AUTH, EXIT_OK, EXIT_USAGE, Config
+from balancer.causes import Cause
+from balancer.config import EXIT_AUTH, EXIT_OK, EXIT_USAGE, Config, TlsMode, TlsRequest
 from balancer.frames import FrameDecoder
 from balancer.pipes import PipeSet
 from balancer.router import Router
@@ -59,12 +60,12 @@ class TLSUnavailable(Exception):
     pass
 
 
-def choose_tls(config: Config) -> str:
+def choose_tls(config: Config) -> TlsMode:
     """The TLS path for this run, decided once before connecting."""
     if not config.url.tls:
-        return "none"
-    if config.tls == "userspace":
-        return "userspace"
+        return TlsMode.NONE
+    if config.tls is TlsRequest.USERSPACE:
+        return TlsMode.USERSPACE
     try:
         from balancer import ktls
 
@@ -72,11 +73,11 @@ def choose_tls(config: Config) -> str:
     except ImportError as exc:  # pragma: no cover - the module ships with lb
         reason = f"kernel TLS support is not available ({exc})"
     if reason is None:
-        return "ktls"
-    if config.tls == "ktls":
+        return TlsMode.KTLS
+    if config.tls is TlsRequest.KTLS:
         raise TLSUnavailable(f"--tls ktls: {reason}")
     log.warning("kernel TLS unavailable, using userspace TLS: %s", reason)
-    return "userspace"
+    return TlsMode.USERSPACE
 
 
 class Recorder:
@@ -163,7 +164,7 @@ class PipeOutput:
 
 
 class Balancer:
-    def __init__(self, config: Config, tls_mode: str) -> None:
+    def __init__(self, config: Config, tls_mode: TlsMode) -> None:
         self.config = config
         self.tls_mode = tls_mode
         self.stats = Stats()
@@ -266,10 +267,10 @@ class Balancer:
                 await session.run(on_streaming=self._on_streaming)
             except SessionEnded as exc:
                 self._count_end(exc.cause)
-                level = logging.INFO if exc.cause == "shutdown" else logging.WARNING
+                level = logging.INFO if exc.cause is Cause.SHUTDOWN else logging.WARNING
                 log.log(level, "disconnected (%s): %s", exc.cause, exc)
             except polygon.AuthFailed as exc:
-                self._count_end("auth_failed")
+                self._count_end(Cause.AUTH_FAILED)
                 auth_failures += 1
                 if auth_failures > 1:
                     log.error("authentication failed: the server rejected the API key (%s)", exc)
@@ -277,7 +278,7 @@ class Balancer:
                 log.warning("authentication failed (%s); retrying once in %.0f s", exc, AUTH_RETRY_WAIT)
                 delay = AUTH_RETRY_WAIT
             except polygon.Evicted as exc:
-                self._count_end("evicted")
+                self._count_end(Cause.EVICTED)
                 delay = EVICTED_WAIT + random.uniform(0, 5)
                 log.error("EVICTED: another connection is using this API key (%s). Waiting %.0f s "
                           "before reconnecting, so two balancers never evict each other in a loop",
@@ -303,7 +304,7 @@ class Balancer:
     def _on_streaming(self, session: Session) -> None:
         self.stats.connected = True
 
-    def _count_end(self, cause: str) -> None:
+    def _count_end(self, cause: Cause) -> None:
         self.stats.disconnects[cause] += 1
 
     async def _sleep(self, seconds: float) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from balancer.config import EXIT_USAGE, Config
+from balancer.config import EXIT_USAGE, Config, TlsRequest
 from balancer.url import URLError, parse_url
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--cafile", metavar="PATH",
                       help="extra CA certificates for wss:// (e.g. the simulator's CA); the server "
                            "certificate and host name are always verified")
-    feed.add_argument("--tls", choices=("auto", "ktls", "userspace"), default="auto",
+    feed.add_argument("--tls", choices=[r.value for r in TlsRequest], default=TlsRequest.AUTO.value,
                       help="TLS path for wss://: ktls = handshake in userspace, then the kernel "
                            "encrypts and decrypts; userspace = OpenSSL; auto = ktls when the kernel "
                            "offers it, else userspace with a warning (default: %(default)s)")
@@ -173,7 +173,7 @@ def parse_config(argv: list[str]) -> Config:
         args=list(ns.args),
         subscribe=ns.subscribe,
         cafile=ns.cafile,
-        tls=ns.tls,
+        tls=TlsRequest(ns.tls),
         ping_interval=ns.ping_interval,
         ping_timeout=ns.ping_timeout,
         pipe_size=ns.pipe_size,

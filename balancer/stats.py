@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from balancer.causes import Cause
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -39,7 +41,7 @@ class Stats:
     reads: int = 0  # read callbacks that got data (bytes / reads = average read)
     connects: int = 0
     reconnects: int = 0
-    disconnects: Counter[str] = field(default_factory=Counter)
+    disconnects: Counter[Cause] = field(default_factory=Counter)
     status_events: int = 0
     pings: int = 0
     pongs: int = 0
@@ -66,7 +68,7 @@ class Stats:
     def snapshot(self) -> dict[str, Any]:
         user, system = cpu_seconds()
         data = {k: v for k, v in self.__dict__.items() if k != "disconnects"}
-        data["disconnects"] = dict(self.disconnects)
+        data["disconnects"] = {str(cause): n for cause, n in self.disconnects.items()}
         data.update(
             pid=os.getpid(),
             time=time.time(),
