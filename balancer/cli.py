@@ -8,9 +8,11 @@ import os
 import sys
 
 from balancer.config import EXIT_USAGE, Config, TlsRequest
+from balancer.units import duration, parse_size, positive_duration, size
 from balancer.url import URLError, parse_url
+from balancer.version import add_version_option
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+__all__ = ["build_parser", "main", "parse_config", "parse_size"]  # parse_size: its old home
 
 DESCRIPTION = """\
 Read Polygon's (Massive's) trade feed from one websocket and fan every trade out,
@@ -36,33 +38,6 @@ class UsageError(Exception):
     pass
 
 
-def parse_size(text: str) -> int:
-    """Bytes, with an optional K/M/G suffix (powers of 1024): 1G, 256M, 65536."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in _UNITS else ""
-    number = value[: len(value) - len(unit)]
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return size
-
-
-def _seconds(allow_zero: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text.removesuffix("s"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-        if value < 0 or (value == 0 and not allow_zero) or value != value:
-            raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}: {text!r}")
-        return value
-
-    return parse
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(EXIT_USAGE, f"lb: error: {message} (see lb --help)\n")
@@ -76,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_option(p)
     p.add_argument("key", metavar="KEY", help="API key, or - to read $POLYGON_API_KEY / $MASSIVE_API_KEY")
     p.add_argument("url", metavar="URL", help="ws:// or wss:// feed URL, e.g. wss://socket.polygon.io/stocks")
     p.add_argument("npipes", metavar="NPIPES", help="number of pipes (>= 1)")
@@ -93,31 +69,31 @@ def build_parser() -> argparse.ArgumentParser:
                       help="TLS path for wss://: ktls = handshake in userspace, then the kernel "
                            "encrypts and decrypts; userspace = OpenSSL; auto = ktls when the kernel "
                            "offers it, else userspace with a warning (default: %(default)s)")
-    feed.add_argument("--ping-interval", metavar="SECONDS", type=_seconds(False), default=20.0,
+    feed.add_argument("--ping-interval", metavar="DURATION", type=positive_duration, default=20.0,
                       help="after this long with nothing received, send a ping (default: %(default)g)")
-    feed.add_argument("--ping-timeout", metavar="SECONDS", type=_seconds(False), default=20.0,
+    feed.add_argument("--ping-timeout", metavar="DURATION", type=positive_duration, default=20.0,
                       help="drop the connection and reconnect if nothing arrives this long after a "
                            "ping (default: %(default)g)")
-    feed.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds(False), default=10.0,
+    feed.add_argument("--connect-timeout", metavar="DURATION", type=positive_duration, default=10.0,
                       help="limit for connect, TLS, upgrade and auth+subscribe (default: %(default)g)")
     feed.add_argument("--engine", choices=("auto", "native", "python"),
                       default=os.environ.get("LB_ENGINE", "auto"),
                       help="data path: native (compiled balancer._speedups), python, or auto: native when "
                            "built (default: $LB_ENGINE or auto)")
-    feed.add_argument("--max-message", metavar="BYTES", type=parse_size, default=64 << 20,
+    feed.add_argument("--max-message", metavar="SIZE", type=size, default=64 << 20,
                       help="largest websocket message accepted (default: 64M)")
     pipes = p.add_argument_group("pipes")
-    pipes.add_argument("--pipe-size", metavar="BYTES", type=parse_size, default=1 << 30,
+    pipes.add_argument("--pipe-size", metavar="SIZE", type=size, default=1 << 30,
                        help="pipe buffer to ask for, halved until the kernel agrees (default: 1G; "
                             "see fs.pipe-max-size)")
-    pipes.add_argument("--max-backlog", metavar="BYTES", type=parse_size, default=256 << 20,
+    pipes.add_argument("--max-backlog", metavar="SIZE", type=size, default=256 << 20,
                        help="per pipe: queued bytes above which lb stops reading the socket until "
                             "the backlog halves; nothing is dropped (default: 256M)")
-    pipes.add_argument("--shutdown-timeout", metavar="SECONDS", type=_seconds(False), default=30.0,
+    pipes.add_argument("--shutdown-timeout", metavar="DURATION", type=positive_duration, default=30.0,
                        help="on SIGTERM/SIGINT, how long to wait for queued data to reach the "
                             "pipes and for the worker to exit (default: %(default)g)")
     out = p.add_argument_group("output")
-    out.add_argument("--stats-interval", metavar="SECONDS", type=_seconds(True), default=5.0,
+    out.add_argument("--stats-interval", metavar="DURATION", type=duration, default=5.0,
                      help="one status line on stderr this often; 0 turns it off (default: %(default)g)")
     out.add_argument("--stats-file", metavar="PATH",
                      help="rewrite PATH (atomically) with a JSON snapshot of lb's counters every "

@@ -25,10 +25,11 @@ from balancer.router import Router, RouterError, RouteResult
 from balancer.stats import Stats
 from balancer.transport import ConnectError, SendFailed, Transport, describe, open_transport, wait_ready
 from balancer.url import WebSocketURL
+from balancer.version import VERSION
 
 log = logging.getLogger("lb")
 
-USER_AGENT = "trade-balancer-lb/0.1"
+USER_AGENT = f"trade-balancer-lb/{VERSION}"
 
 READ_SIZE = 512 * 1024  # per wake-up: bigger batches fall out of the CPU caches and add latency
 CLOSE_WAIT = 2.0  # seconds to wait for the server's reply to our close frame

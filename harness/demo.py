@@ -14,6 +14,8 @@ import signal
 import sys
 import tempfile
 
+from balancer.units import positive_duration
+from balancer.version import add_version_option
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import read_json, wait_for
@@ -22,7 +24,9 @@ from harness.wait import read_json, wait_for
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lb-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=30.0, help="seconds (default: %(default)g)")
+    add_version_option(p)
+    p.add_argument("--duration", type=positive_duration, default=30.0,
+                   metavar="DURATION", help="e.g. 90s, 10m (default: %(default)gs)")
     p.add_argument("--rate", default="300k/s", help="peak rate of the burst (default: %(default)s)")
     p.add_argument("--pipes", type=int, default=32, help="lb's NPIPES (default: %(default)s)")
     p.add_argument("--procs", type=int, default=2, help="pool worker processes (default: %(default)s)")
@@ -39,7 +43,7 @@ DISPLAY_FD = 9  # the demo's stderr, handed through lb to the pool, whose table 
 def pool_command(args: argparse.Namespace, summary: str) -> list[str]:
     pool = os.path.join(os.path.dirname(sys.executable), "lb-pool")
     return ["/bin/sh", "-c", f'exec "$@" 2>&{DISPLAY_FD}', "sh", pool, "--procs", str(args.procs),
-            "--handler", "stats", "--interval", "1", "--summary-file", summary]
+            "--handler", "stats", "--stats-interval", "1s", "--summary-file", summary]
 
 
 def main(argv: list[str] | None = None) -> int:

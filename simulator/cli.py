@@ -9,6 +9,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from balancer.version import add_version_option
 from simulator.config import FAULT_CHOICES, Settings, TLSSettings
 from simulator.pacing import DEFAULT_FRAME_INTERVAL, auto_batch
 from simulator.symbols import DEFAULT_SYMBOLS
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="simulate", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(p)
     server = p.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     server.add_argument("--port", type=int, default=0, help="port (0: pick a free one)")

@@ -5,7 +5,7 @@ A handler is built once per worker process (each pool child has its own) and get
 - `on_batch(pipe, payloads)`: every message of one read, `pipe` being the global pipe index
   (the position of its fd among the worker's fd arguments). Batches keep per-call overhead
   off the hot path; the payloads of one pipe arrive in pipe order.
-- `on_tick(now)`: once per `--interval` seconds.
+- `on_tick(now)`: once per `--stats-interval`.
 - `on_framing_error(pipe, error)`: the pipe's bytes were not `[len][payload]`; the reader
   skips to the next valid message afterwards (or the pipe ended inside a message).
 - `snapshot()`: a JSON-able summary, taken every interval and at the end. In the pool the

@@ -1,11 +1,11 @@
 """`log`: append each pipe's messages to its own file, one JSON object per line.
 
-Pipe i goes to `pipe-<i>.jsonl` in `--dir` (default: the working directory, which lb sets to
+Pipe i goes to `pipe-<i>.jsonl` in `--log-dir` (default: the working directory, which lb sets to
 its WORKDIR): the C original's "only-log-from-pipes". One write() per batch, unbuffered, so
 what a killed worker had handled is on disk; a line cut by a kill is trimmed off when the
 file is opened again.
 
-    python -m workers.log [--dir DIR] FD...
+    python -m workers.log [--log-dir DIR] FD...
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ class LogHandler(Handler):
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("log handler")
-        group.add_argument("--dir", default=".",
+        group.add_argument("--log-dir", dest="dir", default=".", metavar="DIR",
                            help="directory of the pipe-<i>.jsonl files (default: the working "
                                 "directory)")
+        group.add_argument("--dir", dest="dir", default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)  # the old spelling
 
     @classmethod
     def aggregator(cls, options: argparse.Namespace, label: str) -> Aggregator:

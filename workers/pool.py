@@ -13,7 +13,7 @@ whose pipes all reached EOF exits 0 and is not re-forked; the pool exits when ev
 has finished. SIGTERM/SIGINT: forwarded to the children, which finish their batch and
 report; the pool merges the reports, and exits 0.
 
-Children send the pool a snapshot every --interval over a pipe of their own; the pool
+Children send the pool a snapshot every --stats-interval over a pipe of their own; the pool
 merges them (stats: one table; verify: one report) and gives a re-forked child its
 predecessor's last snapshot to continue from.
 """
@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from balancer.version import add_version_option
 from workers.cli import (
     FDS_HELP,
     add_reader_options,
@@ -434,6 +435,7 @@ def _pipes(pipes: list[int]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(parser)
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="worker processes to fork (default: the CPU count, at most one "
                              "per pipe)")
@@ -445,17 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--status-file", metavar="PATH",
                        help="rewrite PATH (JSON: children's pids, pipes, restarts, losses) "
                             "whenever a child starts or ends, and at exit")
-    group.add_argument("--backoff-min", type=positive_float, default=0.1, metavar="SECONDS",
+    group.add_argument("--backoff-min", type=positive_float, default=0.1, metavar="DURATION",
                        help="delay before the 2nd quick re-fork in a row, doubling for each "
-                            "further one (the 1st is immediate; default 0.1)")
-    group.add_argument("--backoff-max", type=positive_float, default=5.0, metavar="SECONDS",
-                       help="longest re-fork delay (default 5)")
-    group.add_argument("--healthy-after", type=positive_float, default=10.0, metavar="SECONDS",
+                            "further one (the 1st is immediate; default 100ms)")
+    group.add_argument("--backoff-max", type=positive_float, default=5.0, metavar="DURATION",
+                       help="longest re-fork delay (default 5s)")
+    group.add_argument("--healthy-after", type=positive_float, default=10.0, metavar="DURATION",
                        help="a child that ran this long before dying starts a new crash count "
-                            "(default 10)")
-    group.add_argument("--term-timeout", type=positive_float, default=5.0, metavar="SECONDS",
+                            "(default 10s)")
+    group.add_argument("--shutdown-timeout", type=positive_float, default=5.0, metavar="DURATION",
+                       dest="term_timeout",
                        help="on SIGTERM/SIGINT, how long children get to report before "
-                            "SIGKILL (default 5)")
+                            "SIGKILL (default 5s)")
+    group.add_argument("--term-timeout", type=positive_float, dest="term_timeout",
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the old spelling
     add_reader_options(parser)
     for handler_class in named_handlers().values():
         handler_class.add_options(parser)

@@ -4,7 +4,7 @@ Each worker process keeps its own table; the pool merges the children's snapshot
 prints one table per interval on stderr (redrawn in place on a terminal, one line per
 interval otherwise) and a summary at the end.
 
-    python -m workers.stats [--interval S] [--top N] [--summary-file PATH] FD...
+    python -m workers.stats [--stats-interval DURATION] [--top N] [--summary-file PATH] FD...
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ of order), missing `q` values counted as gaps; a crc32 chained over each symbol'
 in arrival order, to compare with the simulator's ledger. The report is written at EOF on
 all pipes or on SIGTERM/SIGINT; in the pool, the pool merges the children's reports.
 
-    python -m workers.verify --report PATH [--interval S] FD...
+    python -m workers.verify --report PATH [--stats-interval DURATION] FD...
 """
 
 from __future__ import annotations

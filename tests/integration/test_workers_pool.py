@@ -505,9 +505,9 @@ def test_help_documents_every_option() -> None:
     result = subprocess.run([sys.executable, "-m", "workers.pool", "--help"], env=ENV,
                             capture_output=True, text=True, timeout=20, check=True)
     for option in ("--procs", "--handler", "--status-file", "--backoff-min", "--backoff-max",
-                   "--healthy-after", "--term-timeout", "--exact", "--chunk", "--max-message",
-                   "--interval", "--opt", "--top", "--summary-file", "--report", "--dir",
-                   "--bars-dir"):
+                   "--healthy-after", "--shutdown-timeout", "--exact", "--chunk", "--max-message",
+                   "--stats-interval", "--opt", "--top", "--summary-file", "--report", "--log-dir",
+                   "--bars-dir", "--version"):
         assert option in result.stdout
     for name in ("verify", "stats", "log", "bars"):
         result = subprocess.run([sys.executable, "-m", f"workers.{name}", "--help"], env=ENV,
