@@ -159,8 +159,8 @@ class PipeOutput:
     def resync(self) -> None:
         """The worker is gone: skip the rest of any message it had started reading."""
         for d in self.pipes.resync():
-            log.warning("pipe %d: discarded %d bytes, the rest of %d message the dead worker had "
-                        "partly read", d.pipe, d.bytes, d.messages)
+            log.warning("pipe %d: discarded %d bytes, the rest of a message the dead worker had "
+                        "partly read", d.pipe, d.bytes)
 
 
 class Balancer:

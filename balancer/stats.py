@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from balancer.atomicfile import write_atomically
 from balancer.causes import Cause
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -83,10 +84,7 @@ class Stats:
 
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 class StatusLine:

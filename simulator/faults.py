@@ -55,6 +55,12 @@ class FaultInjector:
         self.ledger = ledger
         self.refuse = refuse
         self.log = log
+        self.actions: dict[str, Callable[[Client], Awaitable[None]]] = {
+            "reset": self._reset, "close": self._close, "stall": self._stall,
+            "tls-close": self._tls_close, "truncate": self._truncate, "garbage": self._garbage,
+            "badjson": self._badjson,
+        }
+        assert set(self.actions) == set(FAULT_KINDS), "every --fault kind has its action"
         self.drops = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -102,7 +108,7 @@ class FaultInjector:
                      + (f" ({detail})" if detail else ""))
         if gone:
             return
-        action: Callable[[Client], Awaitable[None]] = getattr(self, "_" + kind.replace("-", "_"))
+        action = self.actions[kind]
         try:
             await action(client)
         except (ConnectionClosed, InvalidState, OSError) as exc:

@@ -17,12 +17,13 @@ from websockets.asyncio.server import Server, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from balancer.atomicfile import write_atomically
 from simulator import protocol
 from simulator.config import Settings
 from simulator.connection import Client, SimConnection
 from simulator.faults import FaultInjector
 from simulator.feed import Feed
-from simulator.ledger import RunLedger, write_atomically
+from simulator.ledger import RunLedger
 from simulator.market import SyntheticMarket
 from simulator.pacing import ConstantRate, FrameClock, OpenProfile, Schedule
 from simulator.replay import ReplaySource

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from balancer.atomicfile import write_atomically
+
 
 def open_log(path: str) -> int:
     """An append-only file descriptor, with a line cut by an earlier kill trimmed off."""
@@ -39,7 +41,4 @@ def write_all(fd: int, data: bytes) -> None:
 
 def write_json_atomically(path: str, document: Any) -> None:
     """JSON files other programs read: always replaced atomically (temp file + rename)."""
-    temporary = f"{path}.tmp.{os.getpid()}"
-    with open(temporary, "wb") as out:
-        out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-    os.replace(temporary, path)
+    write_atomically(path, orjson.dumps(document, option=orjson.OPT_INDENT_2))
