@@ -19,6 +19,7 @@ import pytest
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import read_json, wait_for
+from tests.helpers.faults import compare
 
 POOL = [os.path.join(os.path.dirname(sys.executable), "lb-pool")]
 TRADES = 150_000
@@ -46,20 +47,6 @@ CASES = {
     "outage": Case(("--fault", "reset", "--refuse-for", "1s", "--drop-every", "2.5s"),
                    frozenset({"reset", "eof"}), 1.0 + 2.0, trades=250_000),
 }
-
-
-def compare(ledger: dict, report: dict) -> list[str]:
-    """Per-symbol differences between what was sent whole and what the worker received."""
-    problems = []
-    sent, got = ledger["symbols"], report["symbols"]
-    for symbol in sorted(set(sent) | set(got)):
-        a = sent.get(symbol)
-        b = {k: got.get(symbol, {}).get(k) for k in ("count", "first_q", "last_q", "crc32")}
-        if a is None:
-            problems.append(f"{symbol}: received {b['count']} trades never sent whole")
-        elif a != b:
-            problems.append(f"{symbol}: sent {a}, received {b}")
-    return problems
 
 
 @pytest.mark.parametrize("kind", list(CASES))

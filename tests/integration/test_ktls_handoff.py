@@ -30,7 +30,7 @@ from balancer.ktls import (
     RECORD_HEADER,
 )
 from balancer.tls_keys import TLS_1_3, CryptoInfo, KernelCipher
-from tests.integration.test_ktls_peer import (
+from tests.helpers.ktls_peer import (
     ALL_SUITES,
     HELLO_RETRY_LISTENER,
     TICKETS,

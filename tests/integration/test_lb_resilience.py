@@ -12,9 +12,9 @@ import pytest
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import async_wait_for, wait_for
+from tests.helpers.lb_feed import pipe_bytes, wait_delivered
 from tests.integration.feedgen import Feed
 from tests.integration.polyserver import PolyServer
-from tests.integration.test_lb_feed import pipe_bytes, wait_delivered
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAST = ["--stats-interval", "0"]

@@ -14,9 +14,9 @@ import trustme
 
 from harness.lb import LbProcess
 from harness.wait import async_wait_for
+from tests.helpers.lb_feed import wait_delivered
 from tests.integration.feedgen import Feed
 from tests.integration.polyserver import PolyServer, server_frame, status, text
-from tests.integration.test_lb_feed import wait_delivered
 
 FAST = ["--stats-interval", "0", "--connect-timeout", "5"]
 

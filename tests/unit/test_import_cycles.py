@@ -129,3 +129,13 @@ def test_no_import_cycle(package: str) -> None:
     graph = import_graph(ROOT, PACKAGES)
     found = [c for c in cycles(graph) if any(m.split(".")[0] == package for m in c)]
     assert not found, "import cycles: " + " | ".join(describe(graph, c) for c in found)
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/helpers (or a helper module), never in a test_*.py."""
+    modules = module_files(ROOT, ("tests",))
+    graph = {m: imported(m, p, set(modules)) for m, p in modules.items()}
+    offenders = sorted(f"{m} imports {t}" for m, targets in graph.items() for t in targets
+                       if t.rsplit(".", 1)[-1].startswith("test_"))
+    assert not offenders, offenders
+    assert "tests.helpers.ktls_peer" in graph["tests.integration.test_ktls_peer"]
