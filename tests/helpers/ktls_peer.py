@@ -41,14 +41,10 @@ TLS12_SUITES = {  # suite -> certificate key type
     "ECDHE-ECDSA-AES256-GCM-SHA384": "ecdsa",
     "ECDHE-ECDSA-CHACHA20-POLY1305": "ecdsa",
 }
-
-
 ALL_SUITES = (*TLS13_SUITES, *TLS12_SUITES)
 # Takes only P-384, which OpenSSL clients do not send a key share for: HelloRetryRequest.
 HELLO_RETRY_LISTENER = "TLS_AES_128_GCM_SHA256 after HelloRetryRequest"
 START_TIMEOUT = 60.0  # a Python start inside User-Mode Linux takes seconds
-
-
 TICKETS = 2
 
 

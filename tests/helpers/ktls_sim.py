@@ -24,14 +24,10 @@ from tests.helpers.ktls_peer import TLS12_SUITES, TLS13_SUITES
 
 POOL = [os.path.join(os.path.dirname(sys.executable), "lb-pool")]
 NPIPES = 8
-
-
 # A small tape (trades rendered once, then repeated with new q and t) starts the simulator
 # in about a second inside User-Mode Linux instead of three.
 SIM_BASE = ("--symbols", "300", "--tape-size", "4096", "--stats-interval", "0", "-q")
 START_TIMEOUT = 60.0  # a Python start inside User-Mode Linux takes seconds
-
-
 DEADLINE = 60.0
 SYS_PIDFD_GETFD = 438  # the same on every architecture but alpha; Linux >= 5.6
 

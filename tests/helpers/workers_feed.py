@@ -18,8 +18,6 @@ from workers.routing import pipe_for_symbol
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
 SYMBOLS = ["AAPL", "MSFT", "SPY", "TSLA", "BRK.A", *(f"S{i:03d}" for i in range(45))]
 
 
