@@ -8,12 +8,14 @@ import sys
 import time
 from typing import Any
 
-from balancer.units import argtype, format_size, parse_size, positive_duration, size
+from balancer.units import argtype, format_duration, format_size, parse_size, positive_duration, size
 from balancer.version import add_version_option
 from workers.framing import MAX_MESSAGE
 from workers.handler import Handler, HandlerContext
 from workers.loop import WorkerLoop
 from workers.reader import DEFAULT_CHUNK, MIN_CHUNK, PipeReader
+
+DEFAULT_STATS_INTERVAL = 1.0  # seconds: --stats-interval of lb-pool and the handlers
 
 FDS_HELP = ("the pipes' read-end fd numbers, as lb appends them; pipe i is the i-th fd "
             "(its index decides which symbols belong on it)")
@@ -53,9 +55,10 @@ def add_reader_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-message", type=size, default=MAX_MESSAGE, metavar="SIZE",
                        help=f"longest message accepted; a longer length is a framing error "
                             f"(default {format_size(MAX_MESSAGE)})")
-    group.add_argument("--stats-interval", type=positive_duration, default=1.0, metavar="DURATION",
-                       dest="interval",
-                       help="tick, snapshot and display interval (default 1s)")
+    group.add_argument("--stats-interval", type=positive_duration, default=DEFAULT_STATS_INTERVAL,
+                       metavar="DURATION", dest="interval",
+                       help=f"tick, snapshot and display interval "
+                            f"(default {format_duration(DEFAULT_STATS_INTERVAL)})")
     group.add_argument("--interval", type=positive_duration, dest="interval", default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)  # the old spelling
     group.add_argument("--opt", type=user_option, action="append", default=[],
