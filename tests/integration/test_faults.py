@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from balancer.causes import Cause
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import read_json, wait_for
@@ -36,16 +37,16 @@ class Case:
 
 
 CASES = {
-    "reset": Case(("--fault", "reset"), frozenset({"reset", "eof"}), 2.0),
-    "close": Case(("--fault", "close"), frozenset({"close"}), 2.0),
-    "stall": Case(("--fault", "stall"), frozenset({"timeout"}), 2.0),
-    "tls-close": Case(("--fault", "tls-close"), frozenset({"eof"}), 2.0),
-    "truncate": Case(("--fault", "truncate"), frozenset({"reset", "eof"}), 2.0),
-    "garbage": Case(("--fault", "garbage"), frozenset({"protocol"}), 2.0),
-    "badjson": Case(("--fault", "badjson"), frozenset({"badjson"}), 2.0),
+    "reset": Case(("--fault", "reset"), frozenset({Cause.RESET, Cause.EOF}), 2.0),
+    "close": Case(("--fault", "close"), frozenset({Cause.CLOSE}), 2.0),
+    "stall": Case(("--fault", "stall"), frozenset({Cause.TIMEOUT}), 2.0),
+    "tls-close": Case(("--fault", "tls-close"), frozenset({Cause.EOF}), 2.0),
+    "truncate": Case(("--fault", "truncate"), frozenset({Cause.RESET, Cause.EOF}), 2.0),
+    "garbage": Case(("--fault", "garbage"), frozenset({Cause.PROTOCOL}), 2.0),
+    "badjson": Case(("--fault", "badjson"), frozenset({Cause.BADJSON}), 2.0),
     # an outage: the port stays closed for 1 s after each drop; lb retries with backoff
     "outage": Case(("--fault", "reset", "--refuse-for", "1s", "--drop-every", "2.5s"),
-                   frozenset({"reset", "eof"}), 1.0 + 2.0, trades=250_000),
+                   frozenset({Cause.RESET, Cause.EOF}), 1.0 + 2.0, trades=250_000),
 }
 
 
