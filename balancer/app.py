@@ -12,12 +12,14 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
 
 from balancer import engine, polygon
-from balancer.config import EXIT_AUTH, EXIT_OK, EXIT_USAGE, Config
+from balancer.causes import Cause
+from balancer.config import EXIT_AUTH, EXIT_OK, EXIT_USAGE, Config, TlsMode, TlsRequest
 from balancer.frames import FrameDecoder
 from balancer.pipes import PipeSet
 from balancer.router import Router
@@ -104,12 +106,12 @@ class TLSUnavailable(Exception):
     pass
 
 
-def choose_tls(config: Config) -> str:
+def choose_tls(config: Config) -> TlsMode:
     """The TLS path for this run, decided once before connecting."""
     if not config.url.tls:
-        return "none"
-    if config.tls == "userspace":
-        return "userspace"
+        return TlsMode.NONE
+    if config.tls is TlsRequest.USERSPACE:
+        return TlsMode.USERSPACE
     try:
         from balancer import ktls
 
@@ -117,11 +119,11 @@ def choose_tls(config: Config) -> str:
     except ImportError as exc:  # pragma: no cover - the module ships with lb
         reason = f"kernel TLS support is not available ({exc})"
     if reason is None:
-        return "ktls"
-    if config.tls == "ktls":
+        return TlsMode.KTLS
+    if config.tls is TlsRequest.KTLS:
         raise TLSUnavailable(f"--tls ktls: {reason}")
     log.warning("kernel TLS unavailable, using userspace TLS: %s", reason)
-    return "userspace"
+    return TlsMode.USERSPACE
 
 
 class Recorder:
@@ -151,11 +153,14 @@ class Recorder:
 class PipeOutput:
     """Routed batches into the pipes; backlogs drained as pipes become writable; backpressure."""
 
-    def __init__(self, app: Balancer) -> None:
-        self.app = app
-        self.pipes = app.pipes
-        self.max_backlog = app.config.max_backlog
-        self.max_total = app.config.max_backlog_total
+    def __init__(self, pipes: PipeSet, stats: Stats, max_backlog: int, max_total: int,
+                 session: Callable[[], Session | None]) -> None:
+        """``session`` returns the live session (or None between connections) to pause."""
+        self.pipes = pipes
+        self.stats = stats
+        self.session = session
+        self.max_backlog = max_backlog
+        self.max_total = max_total
         self.loop = asyncio.get_running_loop()
         self._watching: set[int] = set()
         self.paused = False
@@ -164,7 +169,7 @@ class PipeOutput:
         for pipe in self.pipes.submit(batches):
             self._watch(pipe)
         if self._watching:
-            stats = self.app.stats
+            stats = self.stats
             total = self.pipes.total_backlog
             stats.backlog_peak = max(stats.backlog_peak, total)
             if not self.paused and (total > self.max_total or self.pipes.largest_backlog > self.max_backlog):
@@ -185,8 +190,8 @@ class PipeOutput:
 
     def _pause(self) -> None:
         self.paused = True
-        self.app.stats.paused = True
-        self.app.stats.backpressure_pauses += 1
+        self.stats.paused = True
+        self.stats.backpressure_pauses += 1
         pipe = max(range(self.pipes.npipes), key=self.pipes.backlog_bytes.__getitem__)
         if self.pipes.largest_backlog > self.max_backlog:
             log.warning("backpressure: pipe %d holds %s unwritten (--max-backlog %s); pausing the "
@@ -197,16 +202,18 @@ class PipeOutput:
                         "the most, %s); pausing the socket until it drains",
                         format_bytes(self.pipes.total_backlog), format_bytes(self.max_total), pipe,
                         format_bytes(self.pipes.backlog_bytes[pipe]))
-        if self.app.session is not None:
-            self.app.session.pause_reading()
+        session = self.session()
+        if session is not None:
+            session.pause_reading()
 
     def _resume(self) -> None:
         self.paused = False
-        self.app.stats.paused = False
+        self.stats.paused = False
         log.warning("backpressure released: largest backlog %s, total %s; reading again",
                     format_bytes(self.pipes.largest_backlog), format_bytes(self.pipes.total_backlog))
-        if self.app.session is not None:
-            self.app.session.resume_reading()
+        session = self.session()
+        if session is not None:
+            session.resume_reading()
 
     def unwatch_all(self) -> None:
         for pipe in self._watching:
@@ -216,12 +223,12 @@ class PipeOutput:
     def resync(self) -> None:
         """The worker is gone: skip the rest of any message it had started reading."""
         for d in self.pipes.resync():
-            log.warning("pipe %d: discarded %d bytes, the rest of %d message the dead worker had "
-                        "partly read", d.pipe, d.bytes, d.messages)
+            log.warning("pipe %d: discarded %d bytes, the rest of a message the dead worker had "
+                        "partly read", d.pipe, d.bytes)
 
 
 class Balancer:
-    def __init__(self, config: Config, tls_mode: str, recorder: Recorder | None = None) -> None:
+    def __init__(self, config: Config, tls_mode: TlsMode, recorder: Recorder | None = None) -> None:
         self.config = config
         self.tls_mode = tls_mode
         self.stats = Stats()
@@ -349,14 +356,14 @@ class Balancer:
                 await session.run(on_streaming=self._on_streaming)
             except SessionEnded as exc:
                 self._count_end(exc.cause)
-                level = logging.INFO if exc.cause == "shutdown" else logging.WARNING
-                if exc.cause == "tls" and str(exc).startswith("certificate verification failed"):
+                level = logging.INFO if exc.cause is Cause.SHUTDOWN else logging.WARNING
+                if exc.cause is Cause.TLS and str(exc).startswith("certificate verification failed"):
                     level = self._certificate_failure()
                 else:
                     self.stats.cert_failures = 0
                 log.log(level, "disconnected (%s): %s", exc.cause, exc)
             except polygon.AuthFailed as exc:
-                self._count_end("auth_failed")
+                self._count_end(Cause.AUTH_FAILED)
                 auth_failures += 1
                 if auth_failures > 1:
                     log.error("authentication failed: the server rejected the API key (%s)", exc)
@@ -364,7 +371,7 @@ class Balancer:
                 log.warning("authentication failed (%s); retrying once in %.0f s", exc, AUTH_RETRY_WAIT)
                 delay = AUTH_RETRY_WAIT
             except polygon.Evicted as exc:
-                self._count_end("evicted")
+                self._count_end(Cause.EVICTED)
                 delay = EVICTED_WAIT + random.uniform(0, 5)
                 log.error("EVICTED: another connection is using this API key (%s). Waiting %.0f s "
                           "before reconnecting, so two balancers never evict each other in a loop",
@@ -398,7 +405,7 @@ class Balancer:
             log.error("%s", summary)
         return level
 
-    def _count_end(self, cause: str) -> None:
+    def _count_end(self, cause: Cause) -> None:
         self.stats.disconnects[cause] += 1
 
     async def _sleep(self, seconds: float) -> None:
@@ -521,7 +528,8 @@ class Balancer:
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._worker_gone = asyncio.Event()
-        self.output = PipeOutput(self)
+        self.output = PipeOutput(self.pipes, self.stats, self.config.max_backlog,
+                                 self.config.max_backlog_total, lambda: self.session)
         become_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
         for sig in STOP_SIGNALS:

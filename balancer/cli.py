@@ -9,10 +9,12 @@ import ssl
 import sys
 from typing import Any, NoReturn
 
-from balancer.config import EXIT_USAGE, Config
+from balancer.config import EXIT_USAGE, Config, TlsRequest
+from balancer.units import duration, parse_size, positive_duration, size
 from balancer.url import URLError, parse_url
+from balancer.version import add_version_option
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+__all__ = ["build_parser", "main", "parse_config", "parse_size"]  # parse_size: its old home
 
 DESCRIPTION = """\
 Read Polygon's (Massive's) trade feed from one websocket and fan every trade out,
@@ -36,33 +38,6 @@ examples:
 
 class UsageError(Exception):
     pass
-
-
-def parse_size(text: str) -> int:
-    """Bytes, with an optional K/M/G suffix (powers of 1024): 1G, 256M, 65536."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in _UNITS else ""
-    number = value[: len(value) - len(unit)]
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError("not a size in bytes (e.g. 64M)") from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError("size must be positive")
-    return size
-
-
-def _seconds(allow_zero: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text.removesuffix("s"))
-        except ValueError:
-            raise argparse.ArgumentTypeError("not a number of seconds") from None
-        if value < 0 or (value == 0 and not allow_zero) or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a number of seconds {'>= 0' if allow_zero else '> 0'}")
-        return value
-
-    return parse
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -103,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_option(p)
     p.add_argument("key", metavar="KEY", help="API key, or - to read $POLYGON_API_KEY / $MASSIVE_API_KEY")
     p.add_argument("url", metavar="URL", help="ws:// or wss:// feed URL, e.g. wss://socket.polygon.io/stocks")
     p.add_argument("npipes", metavar="NPIPES", help="number of pipes (>= 1)")
@@ -117,40 +93,40 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--cafile", metavar="PATH",
                       help="extra CA certificates for wss:// (e.g. the simulator's CA); the server "
                            "certificate and host name are always verified")
-    feed.add_argument("--tls", choices=("auto", "ktls", "userspace"), default="auto",
+    feed.add_argument("--tls", choices=[r.value for r in TlsRequest], default=TlsRequest.AUTO.value,
                       help="TLS path for wss://: ktls = handshake in userspace, then the kernel "
                            "encrypts and decrypts; userspace = OpenSSL; auto = ktls when the kernel "
                            "offers it, else userspace with a warning (default: %(default)s)")
-    feed.add_argument("--ping-interval", metavar="SECONDS", type=_seconds(False), default=20.0,
+    feed.add_argument("--ping-interval", metavar="DURATION", type=positive_duration, default=20.0,
                       help="after this long with nothing received, send a ping (default: %(default)g)")
-    feed.add_argument("--ping-timeout", metavar="SECONDS", type=_seconds(False), default=20.0,
+    feed.add_argument("--ping-timeout", metavar="DURATION", type=positive_duration, default=20.0,
                       help="drop the connection and reconnect if nothing arrives this long after a "
                            "ping (default: %(default)g)")
-    feed.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds(False), default=10.0,
+    feed.add_argument("--connect-timeout", metavar="DURATION", type=positive_duration, default=10.0,
                       help="limit for connect, TLS, upgrade and auth+subscribe (default: %(default)g)")
     feed.add_argument("--engine", choices=("auto", "native", "python"),
                       default=os.environ.get("LB_ENGINE", "auto"),
                       help="data path: native (compiled balancer._speedups), python, or auto: native when "
                            "built (default: $LB_ENGINE or auto)")
-    feed.add_argument("--max-message", metavar="BYTES", type=parse_size, default=64 << 20,
+    feed.add_argument("--max-message", metavar="SIZE", type=size, default=64 << 20,
                       help="largest websocket message accepted (default: 64M)")
     pipes = p.add_argument_group("pipes")
-    pipes.add_argument("--pipe-size", metavar="BYTES", type=parse_size, default=1 << 30,
+    pipes.add_argument("--pipe-size", metavar="SIZE", type=size, default=1 << 30,
                        help="pipe buffer to ask for, halved until the kernel agrees (default: 1G; "
                             "see fs.pipe-max-size)")
-    pipes.add_argument("--max-backlog", metavar="BYTES", type=parse_size, default=256 << 20,
+    pipes.add_argument("--max-backlog", metavar="SIZE", type=size, default=256 << 20,
                        help="per pipe: queued bytes above which lb stops reading the socket until "
                             "the backlog halves; nothing is dropped (default: 256M)")
-    pipes.add_argument("--max-backlog-total", metavar="BYTES", type=parse_size, default=None,
+    pipes.add_argument("--max-backlog-total", metavar="SIZE", type=size, default=None,
                        help="all pipes together: queued bytes above which lb stops reading the "
                             "socket until the total halves (default: 1/8 of the machine's memory, "
                             "at least 64M)")
-    pipes.add_argument("--shutdown-timeout", metavar="SECONDS", type=_seconds(False), default=30.0,
+    pipes.add_argument("--shutdown-timeout", metavar="DURATION", type=positive_duration, default=30.0,
                        help="on SIGTERM/SIGINT/SIGHUP/SIGQUIT, the bound of the whole shutdown: "
                             "close handshake, flushing the pipes, the worker's exit (default: "
                             "%(default)g)")
     out = p.add_argument_group("output")
-    out.add_argument("--stats-interval", metavar="SECONDS", type=_seconds(True), default=5.0,
+    out.add_argument("--stats-interval", metavar="DURATION", type=duration, default=5.0,
                      help="one status line on stderr this often; 0 turns it off (default: %(default)g)")
     out.add_argument("--stats-file", metavar="PATH",
                      help="rewrite PATH (atomically) with a JSON snapshot of lb's counters every "
@@ -283,7 +259,7 @@ def parse_config(argv: list[str]) -> Config:
         args=[*ns.args, *worker_args],
         subscribe=ns.subscribe,
         cafile=ns.cafile,
-        tls=ns.tls,
+        tls=TlsRequest(ns.tls),
         ping_interval=ns.ping_interval,
         ping_timeout=ns.ping_timeout,
         pipe_size=ns.pipe_size,

@@ -6,6 +6,7 @@ Kept apart from ``cli`` (which parses) and ``app`` (which runs) so neither impor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from balancer.url import WebSocketURL
 
@@ -13,7 +14,27 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 
-__all__ = ["EXIT_AUTH", "EXIT_OK", "EXIT_USAGE", "Config"]
+__all__ = ["EXIT_AUTH", "EXIT_OK", "EXIT_USAGE", "Config", "TlsMode", "TlsRequest"]
+
+
+class TlsRequest(StrEnum):
+    """What ``--tls`` asks for (``Config.tls``); the run then decides a ``TlsMode``."""
+
+    AUTO = "auto"
+    """kernel TLS when the kernel can take it, else userspace (with one warning)."""
+    KTLS = "ktls"
+    """kernel TLS or exit 2 before connecting."""
+    USERSPACE = "userspace"
+    """OpenSSL throughout."""
+
+
+class TlsMode(StrEnum):
+    """The TLS path chosen once before connecting (``SessionConfig.tls_mode``, the stats' ``tls``)."""
+
+    NONE = "none"
+    """ws://: no TLS."""
+    USERSPACE = "userspace"
+    KTLS = "ktls"
 
 
 @dataclass(slots=True)
@@ -26,7 +47,7 @@ class Config:
     args: list[str]
     subscribe: str
     cafile: str | None
-    tls: str
+    tls: TlsRequest
     ping_interval: float
     ping_timeout: float
     pipe_size: int

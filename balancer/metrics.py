@@ -27,6 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from balancer.causes import Cause
+
 TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 
 log = logging.getLogger("lb")
@@ -35,8 +37,7 @@ DEFAULT_HOST = "127.0.0.1"
 
 # every disconnect cause lb counts: all exported from the start, so rate() and increase()
 # see a series at 0 before the first event, not a series that appears out of nowhere
-CAUSES = ("eof", "reset", "close", "timeout", "protocol", "badjson", "tls", "connect", "unread",
-          "handshake", "status", "evicted", "auth_failed", "shutdown")
+CAUSES = tuple(Cause)
 
 # stats-file key -> (metric name without _total, help) for plain counters
 COUNTERS = {

@@ -45,9 +45,10 @@ class _Record:
 
 @dataclass(slots=True)
 class Discarded:
+    """The rest of the one message a dead worker had partly read, skipped on its pipe."""
+
     pipe: int
     bytes: int
-    messages: int
 
 
 def set_pipe_size(fd: int, requested: int) -> int:
@@ -224,7 +225,7 @@ class PipeSet:
             self._drop_backlog_head(pipe, remainder - from_pipe)
             self.discarded_bytes += remainder
             self.discarded_messages += 1
-            report.append(Discarded(pipe, remainder, 1))
+            report.append(Discarded(pipe, remainder))
         self.prune()
         return report
 

@@ -17,16 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from balancer import frames, handshake, polygon
+from balancer.causes import Cause, read_failure
+from balancer.config import TlsMode
 from balancer.engine import NativeEngine
 from balancer.frames import Close, FrameDecoder, Ping, Pong, ProtocolError
 from balancer.router import Router, RouterError, RouteResult
 from balancer.stats import Stats
 from balancer.transport import ConnectError, SendFailed, Transport, describe, open_transport, wait_ready
 from balancer.url import WebSocketURL
+from balancer.version import VERSION
 
 log = logging.getLogger("lb")
 
-USER_AGENT = "trade-balancer-lb/0.1"
+USER_AGENT = f"trade-balancer-lb/{VERSION}"
 
 READ_SIZE = 512 * 1024  # per wake-up: bigger batches fall out of the CPU caches and add latency
 CLOSE_WAIT = 2.0  # seconds to wait for the server's reply to our close frame
@@ -38,7 +41,7 @@ class SessionConfig:
     url: WebSocketURL
     key: str
     subscribe: str
-    tls_mode: str  # "none" | "userspace" | "ktls" (decided before connecting)
+    tls_mode: TlsMode  # decided before connecting, from the requested Config.tls
     cafile: str | None
     ping_interval: float
     ping_timeout: float
@@ -49,7 +52,7 @@ class SessionConfig:
 class SessionEnded(Exception):
     """The connection is over; ``cause`` names why, for logs and stats."""
 
-    def __init__(self, cause: str, message: str) -> None:
+    def __init__(self, cause: Cause, message: str) -> None:
         super().__init__(message)
         self.cause = cause
 
@@ -140,22 +143,23 @@ class Session:
     def _send_failed(self, failure: SendFailed) -> None:
         if self._opened_at:
             self._on_readable()  # route what was received before the failure
-        self.end(failure.cause, str(failure))
+        self.end(Cause(failure.cause), str(failure))
 
     async def _connect(self) -> Transport:
         cfg = self.config
         try:
             return await open_transport(cfg.url, cfg.tls_mode, cfg.cafile, cfg.connect_timeout)
         except ConnectError as exc:
-            raise SessionEnded("connect", str(exc)) from None
+            raise SessionEnded(Cause.CONNECT, str(exc)) from None
         except TimeoutError:  # an OSError too in 3.11: before the OSError branch
-            raise SessionEnded("timeout", f"TLS handshake with {cfg.url.host} timed out "
+            raise SessionEnded(Cause.TIMEOUT, f"TLS handshake with {cfg.url.host} timed out "
                                           f"after {cfg.connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as exc:
             reason = exc.verify_message or exc
-            raise SessionEnded("tls", f"certificate verification failed: {reason}") from None
+            raise SessionEnded(Cause.TLS, f"certificate verification failed: {reason}") from None
         except (ssl.SSLError, OSError) as exc:
-            raise SessionEnded("tls", f"TLS handshake with {cfg.url.host} failed: {describe(exc)}") from None
+            raise SessionEnded(Cause.TLS,
+                               f"TLS handshake with {cfg.url.host} failed: {describe(exc)}") from None
 
     async def _upgrade(self) -> None:
         assert self.transport is not None and self._loop is not None
@@ -173,9 +177,9 @@ class Session:
                 await self._wait_readable(deadline, "the upgrade reply")
                 continue
             except (OSError, ssl.SSLError) as exc:
-                raise SessionEnded("reset", f"connection lost during the upgrade: {exc}") from None
+                raise SessionEnded(Cause.RESET, f"connection lost during the upgrade: {exc}") from None
             if n == 0:
-                raise SessionEnded("eof", "server closed the connection during the upgrade")
+                raise SessionEnded(Cause.EOF, "server closed the connection during the upgrade")
             received += scratch[:n]
             try:
                 parsed = handshake.parse_response_head(received)
@@ -185,16 +189,16 @@ class Session:
                     self.decoder.feed(received[consumed:])
                     return
             except handshake.HandshakeError as exc:
-                raise SessionEnded("handshake", str(exc)) from None
+                raise SessionEnded(Cause.HANDSHAKE, str(exc)) from None
 
     async def _wait_readable(self, deadline: float, what: str) -> None:
         assert self.transport is not None and self._loop is not None
         try:
             await wait_ready(self._loop, self.transport.fd, False, max(0.0, deadline - self._loop.time()))
         except TimeoutError:
-            raise SessionEnded("timeout", f"timed out waiting for {what}") from None
+            raise SessionEnded(Cause.TIMEOUT, f"timed out waiting for {what}") from None
 
-    def end(self, cause: str, message: str) -> None:
+    def end(self, cause: Cause, message: str) -> None:
         if self._done is not None and not self._done.done():
             self._done.set_exception(SessionEnded(cause, message))
 
@@ -213,12 +217,12 @@ class Session:
         lb reads that too (bounded by the socket buffers and ``wait``), past --max-backlog."""
         transport = self.transport
         if transport is None or transport.closed or self._loop is None or not self._opened_at:
-            self.end("shutdown", reason)
+            self.end(Cause.SHUTDOWN, reason)
             return
         self._send_close(code, reason)
         if self._paused:
             self.resume_reading()
-        self._loop.call_later(wait, self.end, "shutdown", f"{reason} (no close reply)")
+        self._loop.call_later(wait, self.end, Cause.SHUTDOWN, f"{reason} (no close reply)")
 
     def _stop(self) -> None:
         if self._timer is not None:
@@ -262,7 +266,7 @@ class Session:
         one_read = transport.info.mode != "userspace"
         got = 0
         eof = False
-        failure: tuple[str, str] | None = None
+        failure: tuple[Cause, str] | None = None
         try:
             while True:
                 buffer = decoder.recv_buffer()[: READ_SIZE - got]
@@ -278,10 +282,9 @@ class Session:
                     break
         except BlockingIOError:
             pass
-        except ssl.SSLError as exc:  # what was decrypted before it is routed below
-            failure = ("tls", f"TLS error: {exc}")
-        except OSError as exc:
-            failure = ("reset", f"connection lost: {exc}")
+        except OSError as exc:  # what was decrypted before it is routed below
+            cause = read_failure(exc)  # ssl.SSLError and KtlsError are tls, not reset
+            failure = (cause, f"TLS error: {exc}" if cause is Cause.TLS else f"connection lost: {exc}")
         if got:
             self._last_rx = self._loop.time() if self._loop else 0.0
             self._ping_sent_at = None
@@ -297,18 +300,18 @@ class Session:
             decoder.check()
         except ProtocolError as exc:
             self._send_close(exc.close_code, "protocol error")
-            self.end("protocol", f"websocket protocol violation: {exc}")
+            self.end(Cause.PROTOCOL, f"websocket protocol violation: {exc}")
         except RouterError as exc:
             self._send_close(frames.CLOSE_INVALID_DATA, "invalid payload")
-            self.end("badjson", str(exc))
+            self.end(Cause.BADJSON, str(exc))
         except (polygon.AuthFailed, polygon.Evicted) as exc:
             self.fail(exc)
         except polygon.SessionError as exc:
-            self.end("status", f"server said {exc}")
+            self.end(Cause.STATUS, f"server said {exc}")
         if failure is not None:
             self.end(*failure)
         elif eof:
-            cause = "shutdown" if self._close_sent else "eof"
+            cause = Cause.SHUTDOWN if self._close_sent else Cause.EOF
             self.end(cause, "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
         elif self._reading and transport.pending() and self._loop is not None:
             self._loop.call_soon(self._on_readable)  # decrypted bytes wait in OpenSSL, not the socket
@@ -368,12 +371,12 @@ class Session:
                 self.stats.ping_rtt, self._rtt_from = self._loop.time() - self._rtt_from, 0.0
         elif type(event) is Close:
             if self._close_sent:  # the reply to our own close: the handshake is complete
-                self.end("shutdown", "closed")
+                self.end(Cause.SHUTDOWN, "closed")
                 return
             self.stats.server_closes += 1
             code = event.code if event.code is not None else frames.CLOSE_NORMAL
             self._send_close(code if code not in (1005, 1006, 1015) else frames.CLOSE_NORMAL, "")
-            self.end("close", f"server closed the websocket (code {event.code}, {event.reason!r})")
+            self.end(Cause.CLOSE, f"server closed the websocket (code {event.code}, {event.reason!r})")
 
     # -- sending -------------------------------------------------------------------------
 
@@ -401,13 +404,13 @@ class Session:
         now = self._loop.time()
         cfg = self.config
         if self.polygon.phase is not polygon.Phase.STREAMING and now - self._opened_at > cfg.connect_timeout:
-            self.end("timeout", f"no subscription confirmed within {cfg.connect_timeout:g} s")
+            self.end(Cause.TIMEOUT, f"no subscription confirmed within {cfg.connect_timeout:g} s")
         elif self._paused:
             self._last_rx = now  # not reading by choice: silence proves nothing
         elif self._ping_sent_at is not None:
             if now - self._ping_sent_at > cfg.ping_timeout:
                 self.stats.ping_timeouts += 1
-                self.end("timeout", f"nothing received for {now - self._last_rx:.1f} s "
+                self.end(Cause.TIMEOUT, f"nothing received for {now - self._last_rx:.1f} s "
                                     f"(no pong within {cfg.ping_timeout:g} s): connection is dead")
                 return
         elif now - self._last_rx > cfg.ping_interval:

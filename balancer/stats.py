@@ -10,6 +10,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from balancer.atomicfile import write_atomically
+from balancer.causes import Cause
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -39,7 +42,7 @@ class Stats:
     reads: int = 0  # read callbacks that got data (bytes / reads = average read)
     connects: int = 0
     reconnects: int = 0
-    disconnects: Counter[str] = field(default_factory=Counter)
+    disconnects: Counter[Cause] = field(default_factory=Counter)
     status_events: int = 0
     pings: int = 0
     pongs: int = 0
@@ -69,7 +72,7 @@ class Stats:
     def snapshot(self) -> dict[str, Any]:
         user, system = cpu_seconds()
         data = {k: v for k, v in self.__dict__.items() if k != "disconnects"}
-        data["disconnects"] = dict(self.disconnects)
+        data["disconnects"] = {str(cause): n for cause, n in self.disconnects.items()}
         data.update(
             pid=os.getpid(),
             time=time.time(),
@@ -106,10 +109,7 @@ class WriteTimes:
 
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 class StatusLine:

@@ -90,7 +90,6 @@ class Transport:
         self.pending: Callable[[], int] = getattr(sock, "pending", _nothing_pending)
         self.info = info
         self.peer = peer
-        self._sender = sock
         self._outbox: deque[memoryview] = deque()
         self._outbox_bytes = 0
         self.failed: SendFailed | None = None
@@ -106,7 +105,7 @@ class Transport:
             return
         if not self._outbox:
             try:
-                n = self._sender.send(data)
+                n = self.sock.send(data)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 n = 0
             except OSError as exc:  # ssl.SSLError (SSLEOFError...) is an OSError too
@@ -141,7 +140,7 @@ class Transport:
         try:
             while self._outbox:
                 head = self._outbox[0]
-                n = self._sender.send(head)
+                n = self.sock.send(head)
                 self._outbox_bytes -= n
                 if n < len(head):
                     self._outbox[0] = head[n:]

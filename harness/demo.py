@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from balancer.units import positive_duration
+from balancer.version import add_version_option
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import read_json, wait_for
@@ -26,7 +28,9 @@ from harness.wait import read_json, wait_for
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lb-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=30.0, help="seconds (default: %(default)g)")
+    add_version_option(p)
+    p.add_argument("--duration", type=positive_duration, default=30.0,
+                   metavar="DURATION", help="e.g. 90s, 10m (default: %(default)gs)")
     p.add_argument("--rate", default="300k/s", help="peak rate of the burst (default: %(default)s)")
     p.add_argument("--pipes", type=int, default=32, help="lb's NPIPES (default: %(default)s)")
     p.add_argument("--procs", type=int, default=2, help="pool worker processes (default: %(default)s)")
@@ -49,7 +53,7 @@ def pool_command(args: argparse.Namespace, summary: str, stats: str, log: str | 
     pool = os.path.join(os.path.dirname(sys.executable), "lb-pool")
     target = f'"{log}"' if log else f"&{DISPLAY_FD}"
     return ["/bin/sh", "-c", f'exec "$@" 2>{target}', "sh", pool, "--procs", str(args.procs),
-            "--handler", "stats", "--interval", "1", "--summary-file", summary, "--stats-file", stats]
+            "--handler", "stats", "--stats-interval", "1s", "--summary-file", summary, "--stats-file", stats]
 
 
 def main(argv: list[str] | None = None) -> int:

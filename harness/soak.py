@@ -18,6 +18,8 @@ import tempfile
 import time
 from typing import Any
 
+from balancer.units import duration, positive_duration
+from balancer.version import add_version_option
 from harness.lb import LbProcess
 from harness.report import Sampler, write_report
 from harness.sim import SimProcess
@@ -29,14 +31,16 @@ BACKLOG_QUIET = 1 << 20  # bytes queued in lb: below this, memory reflects lb it
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lb-soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=600.0, help="seconds (default: %(default)g)")
+    add_version_option(p)
+    p.add_argument("--duration", type=positive_duration, default=600.0,
+                   metavar="DURATION", help="e.g. 90s, 10m (default: %(default)gs)")
     p.add_argument("--rate", default="500k/s", help="simulate --rate (default: %(default)s)")
     p.add_argument("--drop-every", default="30s", help="simulate --drop-every (default: %(default)s)")
     p.add_argument("--fault", default="random", help="simulate --fault (default: %(default)s)")
     p.add_argument("--refuse-for", default="2s", help="simulate --refuse-for (default: %(default)s)")
     p.add_argument("--pipes", type=int, default=32)
     p.add_argument("--procs", type=int, default=2)
-    p.add_argument("--warmup", type=float, default=None,
+    p.add_argument("--warmup", type=duration, default=None, metavar="DURATION",
                    help="seconds before the start RSS/CPU sample (default: a fifth of the run, 20 to 60)")
     p.add_argument("--report", metavar="DIR",
                    help="also write the report to DIR: report.txt and report.json, PNG charts of "

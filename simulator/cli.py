@@ -9,11 +9,13 @@ import time
 from datetime import datetime
 from typing import Any
 
+from balancer.units import format_duration
+from balancer.version import add_version_option
 from simulator.config import FAULT_CHOICES, Settings, TLSSettings
 from simulator.observe import parse_listen
-from simulator.pacing import DEFAULT_FRAME_INTERVAL, auto_batch
-from simulator.symbols import DEFAULT_SYMBOLS
+from simulator.pacing import auto_batch
 from simulator.units import (
+    format_rate,
     parse_count,
     parse_duration,
     parse_positive_duration,
@@ -67,18 +69,24 @@ def _keys(text: str) -> frozenset[str]:
     return keys
 
 
+D = Settings()  # the defaults, in one place (simulator/config.py)
+TLS_D = TLSSettings("")
+_dur = format_duration
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="simulate", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(p)
     server = p.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    server.add_argument("--port", type=int, default=0, help="port (0: pick a free one)")
+    server.add_argument("--host", default=D.host, help=f"address to listen on ({D.host})")
+    server.add_argument("--port", type=int, default=D.port, help="port (0: pick a free one)")
     server.add_argument("--no-tls", action="store_true", help="serve ws:// instead of wss://")
     server.add_argument("--certs", metavar="DIR", help="where the CA and server certificate are "
                         "made once and reused (default: ~/.cache/trade-balancer/simulate-certs)")
-    server.add_argument("--cert-type", choices=("rsa", "ecdsa"), default="rsa",
-                        help="server key type (rsa); ecdsa for ECDHE-ECDSA TLS 1.2 suites")
+    server.add_argument("--cert-type", choices=("rsa", "ecdsa"), default=TLS_D.cert_type,
+                        help=f"server key type ({TLS_D.cert_type}); ecdsa for ECDHE-ECDSA TLS 1.2 suites")
     server.add_argument("--tls-version", choices=("1.2", "1.3"),
                         help="allow only this TLS version")
     server.add_argument("--ciphers", metavar="STR",
@@ -94,37 +102,45 @@ def build_parser() -> argparse.ArgumentParser:
     proto = p.add_argument_group("protocol")
     proto.add_argument("--keys", type=_arg(_keys), metavar="K1,K2",
                        help="API keys to accept (default: any non-empty key)")
-    proto.add_argument("--max-connections", type=int, default=1, metavar="N",
+    proto.add_argument("--max-connections", type=int, default=D.max_connections, metavar="N",
                        help="connections per key; a newer one evicts the oldest with a "
-                       "max_connections status and close 1008 (1)")
-    proto.add_argument("--auth-timeout", type=_arg(parse_positive_duration), default=10.0,
-                       metavar="DUR", help="auth_timeout and close if no auth by then (10s)")
-    proto.add_argument("--ping-interval", type=_arg(parse_duration), default=20.0, metavar="DUR",
-                       help="send a ping this often, 0 for never (20s)")
-    proto.add_argument("--ping-timeout", type=_arg(parse_positive_duration), default=20.0,
-                       metavar="DUR", help="close 1011 if the pong is later than this (20s)")
-    proto.add_argument("--close-timeout", type=_arg(parse_positive_duration), default=5.0,
-                       metavar="DUR", help="wait this long for the peer's close reply (5s)")
+                       f"max_connections status and close 1008 ({D.max_connections})")
+    proto.add_argument("--auth-timeout", type=_arg(parse_positive_duration), default=D.auth_timeout,
+                       metavar="DUR",
+                       help=f"auth_timeout and close if no auth by then ({_dur(D.auth_timeout)})")
+    proto.add_argument("--ping-interval", type=_arg(parse_duration), default=D.ping_interval,
+                       metavar="DUR",
+                       help=f"send a ping this often, 0 for never ({_dur(D.ping_interval)})")
+    proto.add_argument("--ping-timeout", type=_arg(parse_positive_duration), default=D.ping_timeout,
+                       metavar="DUR",
+                       help=f"close 1011 if the pong is later than this ({_dur(D.ping_timeout)})")
+    proto.add_argument("--close-timeout", type=_arg(parse_positive_duration), default=D.close_timeout,
+                       metavar="DUR",
+                       help=f"wait this long for the peer's close reply ({_dur(D.close_timeout)})")
     market = p.add_argument_group("synthetic market")
-    market.add_argument("--rate", type=_arg(parse_rate), default=2000.0, metavar="RATE",
+    market.add_argument("--rate", type=_arg(parse_rate), default=D.rate, metavar="RATE",
                         help="trades per second: 500k/s, 2M/s, 1000/s; max: as fast as the "
-                        "client reads (default 2k/s; a replay defaults to its recorded pace)")
-    market.add_argument("--profile", choices=("flat", "open"), default="flat",
+                        f"client reads (default {format_rate(D.rate)}; a replay defaults to its "
+                        "recorded pace)")
+    market.add_argument("--profile", choices=("flat", "open"), default=D.profile,
                         help="flat: a constant rate; open: quiet, a burst to --rate, decay")
-    market.add_argument("--profile-period", type=_arg(parse_positive_duration), default=60.0,
-                        metavar="DUR", help="length of the open profile's shape (60s)")
+    market.add_argument("--profile-period", type=_arg(parse_positive_duration),
+                        default=D.profile_period, metavar="DUR",
+                        help=f"length of the open profile's shape ({_dur(D.profile_period)})")
     market.add_argument("--batch", type=_arg(parse_count), metavar="N",
                         help="trades per frame (default: rate x --frame-interval, 1 to 2000; "
                         "1000 with --rate max)")
     market.add_argument("--frame-interval", type=_arg(parse_positive_duration),
-                        default=DEFAULT_FRAME_INTERVAL, metavar="DUR",
-                        help="time one frame covers when --batch is not given (1ms)")
-    market.add_argument("--symbols", type=_arg(parse_count), default=DEFAULT_SYMBOLS, metavar="N",
-                        help=f"tickers, most active first ({DEFAULT_SYMBOLS})")
+                        default=D.frame_interval, metavar="DUR",
+                        help=f"time one frame covers when --batch is not given "
+                             f"({_dur(D.frame_interval)})")
+    market.add_argument("--symbols", type=_arg(parse_count), default=D.symbols, metavar="N",
+                        help=f"tickers, most active first ({D.symbols})")
     market.add_argument("--seed", type=int, help="makes the market byte-for-byte reproducible "
                         "(default: random, recorded in the ledger)")
-    market.add_argument("--tape-size", type=_arg(parse_count), default=65536, metavar="N",
-                        help="trades pre-rendered and then repeated with new q and t (65536)")
+    market.add_argument("--tape-size", type=_arg(parse_count), default=D.tape_size, metavar="N",
+                        help=f"trades pre-rendered and then repeated with new q and t "
+                             f"({D.tape_size})")
     market.add_argument("--clock-start", type=_arg(_clock_start), metavar="TIME",
                         help="market time of the first trade, epoch ms or ISO 8601 (now; "
                         f"with --seed, {SEEDED_CLOCK_START})")
@@ -148,22 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     faults = p.add_argument_group("faults")
     faults.add_argument("--drop-every", type=_arg(parse_positive_duration), metavar="DUR",
                         help="apply --fault to every live connection this often")
-    faults.add_argument("--fault", choices=FAULT_CHOICES, default="reset",
+    faults.add_argument("--fault", choices=FAULT_CHOICES, default=D.fault,
                         help="reset (TCP RST), close (1001/1011), stall (silence, no pongs), "
                         "tls-close (close_notify, no websocket close), truncate (half a frame, "
                         "RST), garbage (a malformed frame), badjson (a non-array payload), "
-                        "random (one of these per drop) (reset)")
-    faults.add_argument("--refuse-for", type=_arg(parse_duration), default=0.0, metavar="DUR",
+                        f"random (one of these per drop) ({D.fault})")
+    faults.add_argument("--refuse-for", type=_arg(parse_duration), default=D.refuse_for, metavar="DUR",
                         help="after each drop, keep the port closed this long (an outage)")
-    faults.add_argument("--drain-timeout", type=_arg(parse_duration), default=2.0, metavar="DUR",
+    faults.add_argument("--drain-timeout", type=_arg(parse_duration), default=D.drain_timeout,
+                        metavar="DUR",
                         help="before a fault, eviction or shutdown, wait this long at most for "
-                        "the peer to acknowledge every byte sent (2s)")
-    faults.add_argument("--fault-wait", type=_arg(parse_positive_duration), default=10.0,
+                        f"the peer to acknowledge every byte sent ({_dur(D.drain_timeout)})")
+    faults.add_argument("--fault-wait", type=_arg(parse_positive_duration), default=D.fault_wait,
                         metavar="DUR", help="after garbage/badjson, wait this long at most "
-                        "for the peer to close (10s)")
+                        f"for the peer to close ({_dur(D.fault_wait)})")
     out = p.add_argument_group("output")
-    out.add_argument("--stats-interval", type=_arg(parse_duration), default=10.0, metavar="DUR",
-                     help="a stats line on stderr this often, 0 for none (10s)")
+    out.add_argument("--stats-interval", type=_arg(parse_duration), default=D.stats_interval,
+                     metavar="DUR",
+                     help=f"a stats line on stderr this often, 0 for none ({_dur(D.stats_interval)})")
     out.add_argument("--stats-file", metavar="PATH",
                      help="rewrite PATH (JSON, atomically) every second with the live figures: "
                      "rate, clients, faults (what lb-top shows)")

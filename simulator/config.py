@@ -1,9 +1,17 @@
-"""The simulator's settings, as parsed from the command line."""
+"""The simulator's settings, as parsed from the command line, and their defaults.
+
+``Settings()`` is the one place the defaults live: ``simulate``'s options take theirs (and
+the numbers in their ``--help``) from it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from simulator.market import DEFAULT_TAPE_SIZE
+from simulator.pacing import DEFAULT_FRAME_INTERVAL
+from simulator.symbols import DEFAULT_SYMBOLS
 
 FAULT_KINDS = ("reset", "close", "stall", "tls-close", "truncate", "garbage", "badjson")
 FAULT_CHOICES = (*FAULT_KINDS, "random")
@@ -36,11 +44,11 @@ class Settings:
     rate: float | None = 2000.0  # None: --rate max
     profile: str = "flat"
     profile_period: float = 60.0
-    batch: int = 2
-    frame_interval: float = 0.001
-    symbols: int = 8000
+    batch: int = 2  # the CLI always decides it (--batch, or from --rate and --frame-interval)
+    frame_interval: float = DEFAULT_FRAME_INTERVAL
+    symbols: int = DEFAULT_SYMBOLS
     seed: int = 0
-    tape_size: int = 65536
+    tape_size: int = DEFAULT_TAPE_SIZE
     clock_start_ms: int = 0
     stamp_ids: bool = False
     duration: float | None = None

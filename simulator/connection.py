@@ -148,10 +148,6 @@ class Client:
     def writable(self) -> bool:
         return not self.ws.paused  # websockets' flow control: the write buffer is below its limit
 
-    async def wait_writable(self) -> None:
-        if self.ws.paused and not self.transport.is_closing():
-            await self.ws.drain()
-
     def confirm(self) -> None:
         """Account the frames the peer has acknowledged entirely."""
         if not self.pending:

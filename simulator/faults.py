@@ -23,16 +23,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from websockets.exceptions import ConnectionClosed, InvalidState
 
 from simulator import netio
-from simulator.config import FAULT_KINDS
+from simulator.config import FAULT_KINDS, Settings
 from simulator.connection import Client
-
-if TYPE_CHECKING:
-    from simulator.server import Simulator
+from simulator.feed import Feed
+from simulator.ledger import RunLedger
 
 GARBAGE_FRAME = b"\xf3\x05junk!"  # FIN + RSV1-3 + reserved opcode 0x3: invalid in every way
 BAD_JSON = b'{"ev":"T","sym":"BADJSON","x":4,"i":"1"'  # a text frame, but not a JSON array
@@ -44,10 +42,25 @@ def choose_kind(kind: str, rng: random.Random) -> str:
 
 
 class FaultInjector:
-    def __init__(self, app: Simulator, rng: random.Random) -> None:
-        self.app = app
-        self.settings = app.settings
+    """Only what it uses of the simulator: the live clients, the feed, the ledger, a way to
+    close the port for a while (``refuse``) and the log."""
+
+    def __init__(self, settings: Settings, rng: random.Random, *, clients: dict[int, Client],
+                 feed: Feed, ledger: RunLedger, refuse: Callable[[float], None],
+                 log: Callable[[str], None]) -> None:
+        self.settings = settings
         self.rng = rng
+        self.clients = clients
+        self.feed = feed
+        self.ledger = ledger
+        self.refuse = refuse
+        self.log = log
+        self.actions: dict[str, Callable[[Client], Awaitable[None]]] = {
+            "reset": self._reset, "close": self._close, "stall": self._stall,
+            "tls-close": self._tls_close, "truncate": self._truncate, "garbage": self._garbage,
+            "badjson": self._badjson,
+        }
+        assert set(self.actions) == set(FAULT_KINDS), "every --fault kind has its action"
         self.drops = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -62,16 +75,16 @@ class FaultInjector:
             self.drop(choose_kind(self.settings.fault, self.rng))
 
     def drop(self, kind: str) -> None:
-        targets = [c for c in self.app.clients.values() if c.session.key and not
+        targets = [c for c in self.clients.values() if c.session.key and not
                    (c.faulted or c.closing)]
         ids = ", ".join(str(c.id) for c in targets) or "none"
         refuse = self.settings.refuse_for
         outage = f"; port closed for {refuse:g}s" if refuse else ""
-        self.app.log(f"drop {self.drops}: {kind} on connection(s) {ids}{outage}")
+        self.log(f"drop {self.drops}: {kind} on connection(s) {ids}{outage}")
         if not targets:
-            self.app.ledger.fault(kind, None, "no live connection")
+            self.ledger.fault(kind, None, "no live connection")
         if self.settings.refuse_for:
-            self.app.listener.refuse(self.settings.refuse_for)
+            self.refuse(self.settings.refuse_for)
         for client in targets:
             self._spawn(self.inject(client, kind))
 
@@ -83,23 +96,23 @@ class FaultInjector:
     async def inject(self, client: Client, kind: str) -> None:
         client.faulted = kind
         client.end_reason = f"fault:{kind}"
-        self.app.feed.remove(client)
+        self.feed.remove(client)
         if client.pinger is not None:
             client.pinger.cancel()
         drained = await client.drain(self.settings.drain_timeout)
         gone = client.transport.is_closing()
         detail = "peer already gone" if gone else "" if drained else \
             "peer had not acknowledged everything"
-        event = self.app.ledger.fault(kind, client.id, detail)
-        self.app.log(f"fault {kind} on connection {client.id} at {event.time:.3f}"
+        event = self.ledger.fault(kind, client.id, detail)
+        self.log(f"fault {kind} on connection {client.id} at {event.time:.3f}"
                      + (f" ({detail})" if detail else ""))
         if gone:
             return
-        action: Callable[[Client], Awaitable[None]] = getattr(self, "_" + kind.replace("-", "_"))
+        action = self.actions[kind]
         try:
             await action(client)
         except (ConnectionClosed, InvalidState, OSError) as exc:
-            self.app.log(f"fault {kind} on connection {client.id}: the peer left first ({exc})")
+            self.log(f"fault {kind} on connection {client.id}: the peer left first ({exc})")
 
     async def _reset(self, client: Client) -> None:
         netio.abort_with_reset(client.transport, client.sock)
@@ -117,7 +130,7 @@ class FaultInjector:
 
     async def _truncate(self, client: Client) -> None:
         client.ws.deaf = True
-        batch = self.app.feed.take(self.app.feed.batch)
+        batch = self.feed.take(self.feed.batch)
         if batch is None:
             netio.abort_with_reset(client.transport, client.sock)
             return
@@ -128,7 +141,7 @@ class FaultInjector:
         wire = b"".join(protocol.data_to_send())
         client.transport.write(wire[: len(wire) // 2])
         if part is not None:
-            self.app.ledger.partial(client.record, part.count)
+            self.ledger.partial(client.record, part.count)
         await client.drain(self.settings.drain_timeout)  # so the half frame reaches the peer
         netio.abort_with_reset(client.transport, client.sock)
 

@@ -7,8 +7,6 @@ confirmed (the peer's kernel acknowledged every byte); the rest count as partial
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import zlib
 from collections import Counter, deque
@@ -19,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from balancer.atomicfile import write_atomically
 from simulator.batches import Batch, Groups
 from simulator.crc import crc32_combine
 
@@ -187,19 +186,3 @@ class RunLedger:
 
     def write(self, path: str) -> None:
         write_atomically(path, orjson.dumps(self.to_json()))
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Readers see the old file or the new one, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -17,12 +17,13 @@ from websockets.asyncio.server import Server, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from balancer.atomicfile import write_atomically
 from simulator import observe, protocol
 from simulator.config import Settings
 from simulator.connection import Client, SimConnection
 from simulator.faults import FaultInjector
 from simulator.feed import Feed
-from simulator.ledger import RunLedger, write_atomically
+from simulator.ledger import RunLedger
 from simulator.market import SyntheticMarket
 from simulator.pacing import ConstantRate, FrameClock, OpenProfile, Schedule
 from simulator.replay import ReplaySource
@@ -158,7 +159,8 @@ class Simulator:
         tasks = [loop.create_task(self.feed.run())]
         injector = None
         if self.settings.drop_every:
-            injector = FaultInjector(self, self.rng)
+            injector = FaultInjector(self.settings, self.rng, clients=self.clients, feed=self.feed,
+                                     ledger=self.ledger, refuse=self.listener.refuse, log=self.log)
             tasks.append(loop.create_task(injector.run()))
         if self.settings.stats_interval > 0:
             tasks.append(loop.create_task(self.stats_loop()))

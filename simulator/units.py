@@ -1,15 +1,21 @@
-"""Parsing of the command line's quantities: rates, durations, speeds, counts."""
+"""Parsing of the command line's quantities: rates, speeds, counts (simulate's own).
+
+Durations are the product-wide ones of ``balancer.units`` (re-exported here).
+"""
 
 from __future__ import annotations
 
 import re
 
+from balancer.units import parse_duration, parse_positive_duration
+
+__all__ = ["format_rate", "parse_count", "parse_duration", "parse_positive_duration", "parse_rate",
+           "parse_speed"]
+
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _RATE_RE = re.compile(_NUMBER + r"\s*([kKmMgG]?)\s*(?:/\s*s(?:ec)?)?$")
 _COUNT_RE = re.compile(_NUMBER + r"\s*([kKmMgG]?)$")
-_DURATION_RE = re.compile(_NUMBER + r"\s*(ms|s|m|min|h)?$")
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _SPEED_RE = re.compile(_NUMBER + r"\s*[xX]?$")
 
 def parse_rate(text: str) -> float | None:
@@ -36,21 +42,6 @@ def parse_count(text: str) -> int:
     if count != int(count) or count < 1:
         raise ValueError(f"bad count {text!r}: must be a whole number above zero")
     return int(count)
-
-
-def parse_duration(text: str) -> float:
-    """``60s``, ``500ms``, ``5m``, ``1h``, ``2.5`` (seconds) -> seconds."""
-    match = _DURATION_RE.match(text.strip())
-    if not match:
-        raise ValueError(f"bad duration {text!r}: expected e.g. 60s, 500ms, 5m or 1h")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def parse_positive_duration(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"bad duration {text!r}: must be above zero")
-    return seconds
 
 
 def parse_speed(text: str) -> float:

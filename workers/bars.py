@@ -16,8 +16,10 @@ from typing import Any
 
 import orjson
 
+from workers.cli import run_standalone
+from workers.files import open_log, write_all
 from workers.handler import Aggregator, Handler, HandlerContext
-from workers.log import LogSummary, open_log, write_all
+from workers.log import LogSummary
 
 SECOND, OPEN, HIGH, LOW, CLOSE, VOLUME, TRADES = range(7)
 
@@ -105,8 +107,6 @@ def encode_bar(symbol: str, bar: list[Any]) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.cli import run_standalone
-
     return run_standalone(BarsHandler, argv, prog="python -m workers.bars", doc=__doc__)
 
 

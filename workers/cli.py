@@ -8,27 +8,31 @@ import sys
 import time
 from typing import Any
 
+from balancer.units import argtype, format_duration, format_size, parse_size, positive_duration, size
+from balancer.version import add_version_option
 from workers.framing import MAX_MESSAGE
 from workers.handler import Handler, HandlerContext
 from workers.loop import WorkerLoop
 from workers.reader import DEFAULT_CHUNK, MIN_CHUNK, PipeReader
 
+DEFAULT_STATS_INTERVAL = 1.0  # seconds: --stats-interval of lb-pool and the handlers
+
 FDS_HELP = ("the pipes' read-end fd numbers, as lb appends them; pipe i is the i-th fd "
             "(its index decides which symbols belong on it)")
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
+positive_float = positive_duration
+"""The old name of ``--stats-interval``'s and lb-pool's duration type: now any duration."""
 
 
-def chunk_size(text: str) -> int:
-    value = int(text)
+def _chunk(text: str) -> int:
+    value = parse_size(text)
     if value < MIN_CHUNK:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_CHUNK}: {text}")
+        raise ValueError(f"must be at least {MIN_CHUNK}: {text}")
     return value
+
+
+chunk_size = argtype(_chunk)
 
 
 def user_option(text: str) -> tuple[str, str]:
@@ -46,13 +50,17 @@ def add_reader_options(parser: argparse.ArgumentParser) -> None:
              "chunks: about ten times slower, but a worker killed by SIGKILL loses at most the "
              "message it was handling (plus, per pipe, a message the writer had only partly "
              "written), instead of everything it had read ahead: up to a chunk per pipe")
-    group.add_argument("--chunk", type=chunk_size, default=DEFAULT_CHUNK, metavar="BYTES",
-                       help=f"bytes per read in chunked mode (default {DEFAULT_CHUNK})")
-    group.add_argument("--max-message", type=int, default=MAX_MESSAGE, metavar="BYTES",
+    group.add_argument("--chunk", type=chunk_size, default=DEFAULT_CHUNK, metavar="SIZE",
+                       help=f"bytes per read in chunked mode (default {format_size(DEFAULT_CHUNK)})")
+    group.add_argument("--max-message", type=size, default=MAX_MESSAGE, metavar="SIZE",
                        help=f"longest message accepted; a longer length is a framing error "
-                            f"(default {MAX_MESSAGE})")
-    group.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
-                       help="tick, snapshot and display interval (default 1)")
+                            f"(default {format_size(MAX_MESSAGE)})")
+    group.add_argument("--stats-interval", type=positive_duration, default=DEFAULT_STATS_INTERVAL,
+                       metavar="DURATION", dest="interval",
+                       help=f"tick, snapshot and display interval "
+                            f"(default {format_duration(DEFAULT_STATS_INTERVAL)})")
+    group.add_argument("--interval", type=positive_duration, dest="interval", default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)  # the old spelling
     group.add_argument("--opt", type=user_option, action="append", default=[],
                        metavar="KEY=VALUE",
                        help="an option for a module:function handler (repeatable); it reads "
@@ -97,6 +105,7 @@ def run_standalone(handler_class: type[Handler], argv: list[str] | None, *, prog
     """One process reading every pipe: `python -m workers.NAME [options] FD...`."""
     parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(parser)
     add_reader_options(parser)
     handler_class.add_options(parser)
     parser.add_argument("fds", type=int, nargs="+", metavar="FD", help=FDS_HELP)

@@ -5,7 +5,7 @@ A handler is built once per worker process (each pool child has its own) and get
 - `on_batch(pipe, payloads)`: every message of one read, `pipe` being the global pipe index
   (the position of its fd among the worker's fd arguments). Batches keep per-call overhead
   off the hot path; the payloads of one pipe arrive in pipe order.
-- `on_tick(now)`: once per `--interval` seconds.
+- `on_tick(now)`: once per `--stats-interval`.
 - `on_framing_error(pipe, error)`: the pipe's bytes were not `[len][payload]`; the reader
   skips to the next valid message afterwards (or the pipe ended inside a message).
 - `snapshot()`: a JSON-able summary, taken every interval and at the end. In the pool the
@@ -24,8 +24,6 @@ each message as `function(pipe, payload)`.
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,46 +105,3 @@ class PerMessage(Handler):
         function = self.function
         for payload in payloads:
             function(pipe, payload)
-
-
-def named_handlers() -> dict[str, type[Handler]]:
-    from workers.bars import BarsHandler
-    from workers.log import LogHandler
-    from workers.stats import StatsHandler
-    from workers.verify import VerifyHandler
-
-    return {h.name: h for h in (LogHandler, StatsHandler, VerifyHandler, BarsHandler)}
-
-
-class HandlerNotFound(Exception):
-    pass
-
-
-def load_handler(spec: str) -> type[Handler]:
-    """A named handler, or `module:name` naming a handler class or a per-message function."""
-    named = named_handlers()
-    if spec in named:
-        return named[spec]
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise HandlerNotFound(
-            f"unknown handler {spec!r}: use one of {', '.join(named)} or module:function"
-        )
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise HandlerNotFound(f"cannot load handler {spec!r}: {error}") from error
-    if inspect.isclass(target):
-        if not callable(getattr(target, "on_batch", None)):
-            raise HandlerNotFound(f"handler class {spec!r} has no on_batch(pipe, payloads)")
-        return _with_defaults(target)
-    if callable(target):
-        return type(f"PerMessage[{spec}]", (PerMessage,), {"function": staticmethod(target)})
-    raise HandlerNotFound(f"handler {spec!r} is neither a class nor a function")
-
-
-def _with_defaults(target: type) -> type[Handler]:
-    """A user class that does not subclass Handler still gets its defaults."""
-    if issubclass(target, Handler):
-        return target
-    return type(target.__name__, (target, Handler), {})

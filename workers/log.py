@@ -1,11 +1,11 @@
 """`log`: append each pipe's messages to its own file, one JSON object per line.
 
-Pipe i goes to `pipe-<i>.jsonl` in `--dir` (default: the working directory, which lb sets to
+Pipe i goes to `pipe-<i>.jsonl` in `--log-dir` (default: the working directory, which lb sets to
 its WORKDIR): the C original's "only-log-from-pipes". One write() per batch, unbuffered, so
 what a killed worker had handled is on disk; a line cut by a kill is trimmed off when the
 file is opened again.
 
-    python -m workers.log [--dir DIR] FD...
+    python -m workers.log [--log-dir DIR] FD...
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any
 
+from workers.cli import run_standalone
+from workers.files import open_log, write_all
 from workers.handler import Aggregator, Handler, HandlerContext
 
 
@@ -35,9 +37,11 @@ class LogHandler(Handler):
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("log handler")
-        group.add_argument("--dir", default=".",
+        group.add_argument("--log-dir", dest="dir", default=".", metavar="DIR",
                            help="directory of the pipe-<i>.jsonl files (default: the working "
                                 "directory)")
+        group.add_argument("--dir", dest="dir", default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)  # the old spelling
 
     @classmethod
     def aggregator(cls, options: argparse.Namespace, label: str) -> Aggregator:
@@ -64,34 +68,6 @@ class LogHandler(Handler):
         self.files.clear()
 
 
-def open_log(path: str) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    trim_partial_line(fd)
-    return fd
-
-
-def trim_partial_line(fd: int) -> None:
-    """Cut a last line that has no newline: a write interrupted by a kill."""
-    size = os.fstat(fd).st_size
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        block = os.pread(fd, end - start, start)
-        newline = block.rfind(b"\n")
-        if newline >= 0:
-            end = start + newline + 1
-            break
-        end = start
-    if end != size:
-        os.ftruncate(fd, end)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class LogSummary(Aggregator):
     def __init__(self, directory: str, label: str, noun: str = "messages") -> None:
         self.directory = directory
@@ -112,8 +88,6 @@ class LogSummary(Aggregator):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.cli import run_standalone
-
     return run_standalone(LogHandler, argv, prog="python -m workers.log", doc=__doc__)
 
 

@@ -13,7 +13,7 @@ whose pipes all reached EOF exits 0 and is not re-forked; the pool exits when ev
 has finished. SIGTERM/SIGINT: forwarded to the children, which finish their batch and
 report; the pool merges the reports, and exits 0.
 
-Children send the pool a snapshot every --interval over a pipe of their own; the pool
+Children send the pool a snapshot every --stats-interval over a pipe of their own; the pool
 merges them (stats: one table; verify: one report) and gives a re-forked child its
 predecessor's last snapshot to continue from.
 """
@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from balancer.version import add_version_option
 from workers.cli import (
     FDS_HELP,
     add_reader_options,
@@ -40,13 +41,13 @@ from workers.cli import (
     make_readers,
     positive_float,
 )
+from workers.files import write_all, write_json_atomically
 from workers.framing import frame, split_frames
-from workers.handler import Handler, HandlerContext, HandlerNotFound, load_handler, named_handlers
-from workers.jsonfile import write_json_atomically
-from workers.log import write_all
+from workers.handler import Handler, HandlerContext
 from workers.loop import WorkerLoop
 from workers.observe import MetricsSocket, parse_listen, snapshot
 from workers.progress import SharedProgress
+from workers.registry import HandlerNotFound, load_handler, named_handlers
 from workers.resync import PipeResync
 from workers.signals import SignalPipe
 
@@ -458,6 +459,7 @@ def _pipes(pipes: list[int]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(parser)
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="worker processes to fork (default: the CPU count, at most one "
                              "per pipe)")
@@ -470,22 +472,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rewrite PATH (JSON: children's pids, pipes, restarts, losses) "
                             "whenever a child starts or ends, and at exit")
     group.add_argument("--stats-file", metavar="PATH",
-                       help="rewrite PATH (JSON) every --interval with the live figures: "
+                       help="rewrite PATH (JSON) every --stats-interval with the live figures: "
                             "messages handled, children, restarts, top symbols (for lb-top)")
     group.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
                        help="serve Prometheus metrics at http://HOST:PORT/metrics (bare PORT: "
                             "127.0.0.1; off by default)")
-    group.add_argument("--backoff-min", type=positive_float, default=0.1, metavar="SECONDS",
+    group.add_argument("--backoff-min", type=positive_float, default=0.1, metavar="DURATION",
                        help="delay before the 2nd quick re-fork in a row, doubling for each "
-                            "further one (the 1st is immediate; default 0.1)")
-    group.add_argument("--backoff-max", type=positive_float, default=5.0, metavar="SECONDS",
-                       help="longest re-fork delay (default 5)")
-    group.add_argument("--healthy-after", type=positive_float, default=10.0, metavar="SECONDS",
+                            "further one (the 1st is immediate; default 100ms)")
+    group.add_argument("--backoff-max", type=positive_float, default=5.0, metavar="DURATION",
+                       help="longest re-fork delay (default 5s)")
+    group.add_argument("--healthy-after", type=positive_float, default=10.0, metavar="DURATION",
                        help="a child that ran this long before dying starts a new crash count "
-                            "(default 10)")
-    group.add_argument("--term-timeout", type=positive_float, default=5.0, metavar="SECONDS",
+                            "(default 10s)")
+    group.add_argument("--shutdown-timeout", type=positive_float, default=5.0, metavar="DURATION",
+                       dest="term_timeout",
                        help="on SIGTERM/SIGINT, how long children get to report before "
-                            "SIGKILL (default 5)")
+                            "SIGKILL (default 5s)")
+    group.add_argument("--term-timeout", type=positive_float, dest="term_timeout",
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the old spelling
     add_reader_options(parser)
     for handler_class in named_handlers().values():
         handler_class.add_options(parser)

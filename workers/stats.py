@@ -4,7 +4,7 @@ Each worker process keeps its own table; the pool merges the children's snapshot
 prints one table per interval on stderr (redrawn in place on a terminal, one line per
 interval otherwise) and a summary at the end.
 
-    python -m workers.stats [--interval S] [--top N] [--summary-file PATH] FD...
+    python -m workers.stats [--stats-interval DURATION] [--top N] [--summary-file PATH] FD...
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any, TextIO
 
 import orjson
 
+from workers.cli import run_standalone
+from workers.files import write_json_atomically
 from workers.handler import Aggregator, Handler, HandlerContext
-from workers.jsonfile import write_json_atomically
 
 TRADES, VOLUME, NOTIONAL, LAST = range(4)
 
@@ -215,8 +216,6 @@ class StatsDisplay(Aggregator):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.cli import run_standalone
-
     return run_standalone(StatsHandler, argv, prog="python -m workers.stats", doc=__doc__)
 
 

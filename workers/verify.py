@@ -6,7 +6,7 @@ of order), missing `q` values counted as gaps; a crc32 chained over each symbol'
 in arrival order, to compare with the simulator's ledger. The report is written at EOF on
 all pipes or on SIGTERM/SIGINT; in the pool, the pool merges the children's reports.
 
-    python -m workers.verify --report PATH [--interval S] FD...
+    python -m workers.verify --report PATH [--stats-interval DURATION] FD...
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any
 
 import orjson
 
+from workers.cli import run_standalone
+from workers.files import write_json_atomically
 from workers.framing import FramingError
 from workers.handler import Aggregator, Handler, HandlerContext
-from workers.jsonfile import write_json_atomically
 from workers.routing import PipeOfSymbol
 
 ERRORS = ("framing", "not_json_object", "misrouted", "out_of_order", "duplicates", "no_symbol",
@@ -203,8 +204,6 @@ class VerifyReport(Aggregator):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.cli import run_standalone
-
     return run_standalone(VerifyHandler, argv, prog="python -m workers.verify", doc=__doc__)
 
 

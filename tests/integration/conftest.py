@@ -1,9 +1,11 @@
 import os
 import sys
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from balancer import ktls
+from tests.helpers.workers_feed import Feed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DUMP_WORKER = [sys.executable, os.path.join(HERE, "dump_worker.py")]
@@ -24,3 +26,21 @@ def kernel_tls() -> None:
         if os.environ.get("TB_KTLS_REQUIRED"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def feed_factory() -> Iterator[Callable[[int], Feed]]:
+    """Feeds for lb-pool and the handlers (test_workers_*), their pipes closed afterwards."""
+    feeds: list[Feed] = []
+
+    def make(npipes: int) -> Feed:
+        feeds.append(Feed(npipes))
+        return feeds[-1]
+
+    yield make
+    for feed in feeds:
+        for fd in (fd for pair in feed.pipes for fd in pair):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

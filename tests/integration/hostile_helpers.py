@@ -9,9 +9,9 @@ import os
 import re
 
 from harness.lb import LbProcess
+from tests.helpers.lb_feed import pipe_bytes, wait_delivered
 from tests.integration.feedgen import Feed
 from tests.integration.polyserver import Connection, PolyServer
-from tests.integration.test_lb_feed import pipe_bytes, wait_delivered
 
 FAST = ["--stats-interval", "0", "--connect-timeout", "5"]
 # Bounds every case asserts (generous: a loaded 2-core machine, a debug build of nothing).

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from balancer.causes import Cause
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import read_json, wait_for
+from tests.helpers.faults import compare
 
 POOL = [os.path.join(os.path.dirname(sys.executable), "lb-pool")]
 TRADES = 150_000
@@ -35,31 +37,17 @@ class Case:
 
 
 CASES = {
-    "reset": Case(("--fault", "reset"), frozenset({"reset", "eof"}), 2.0),
-    "close": Case(("--fault", "close"), frozenset({"close"}), 2.0),
-    "stall": Case(("--fault", "stall"), frozenset({"timeout"}), 2.0),
-    "tls-close": Case(("--fault", "tls-close"), frozenset({"eof"}), 2.0),
-    "truncate": Case(("--fault", "truncate"), frozenset({"reset", "eof"}), 2.0),
-    "garbage": Case(("--fault", "garbage"), frozenset({"protocol"}), 2.0),
-    "badjson": Case(("--fault", "badjson"), frozenset({"badjson"}), 2.0),
+    "reset": Case(("--fault", "reset"), frozenset({Cause.RESET, Cause.EOF}), 2.0),
+    "close": Case(("--fault", "close"), frozenset({Cause.CLOSE}), 2.0),
+    "stall": Case(("--fault", "stall"), frozenset({Cause.TIMEOUT}), 2.0),
+    "tls-close": Case(("--fault", "tls-close"), frozenset({Cause.EOF}), 2.0),
+    "truncate": Case(("--fault", "truncate"), frozenset({Cause.RESET, Cause.EOF}), 2.0),
+    "garbage": Case(("--fault", "garbage"), frozenset({Cause.PROTOCOL}), 2.0),
+    "badjson": Case(("--fault", "badjson"), frozenset({Cause.BADJSON}), 2.0),
     # an outage: the port stays closed for 1 s after each drop; lb retries with backoff
     "outage": Case(("--fault", "reset", "--refuse-for", "1s", "--drop-every", "2.5s"),
-                   frozenset({"reset", "eof"}), 1.0 + 2.0, trades=250_000),
+                   frozenset({Cause.RESET, Cause.EOF}), 1.0 + 2.0, trades=250_000),
 }
-
-
-def compare(ledger: dict, report: dict) -> list[str]:
-    """Per-symbol differences between what was sent whole and what the worker received."""
-    problems = []
-    sent, got = ledger["symbols"], report["symbols"]
-    for symbol in sorted(set(sent) | set(got)):
-        a = sent.get(symbol)
-        b = {k: got.get(symbol, {}).get(k) for k in ("count", "first_q", "last_q", "crc32")}
-        if a is None:
-            problems.append(f"{symbol}: received {b['count']} trades never sent whole")
-        elif a != b:
-            problems.append(f"{symbol}: sent {a}, received {b}")
-    return problems
 
 
 @pytest.mark.parametrize("kind", list(CASES))

@@ -14,6 +14,7 @@ import pytest
 import trustme
 
 from harness.wait import async_wait_for
+from tests.helpers.lb_feed import wait_delivered
 from tests.integration.feedgen import Feed
 from tests.integration.hostile_helpers import (
     LOG_BOUND,
@@ -36,7 +37,6 @@ from tests.integration.hostile_server import (
     upgrade_reply,
 )
 from tests.integration.polyserver import PolyServer, server_frame, text
-from tests.integration.test_lb_feed import wait_delivered
 
 
 def _stats(lb):

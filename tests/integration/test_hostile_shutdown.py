@@ -139,5 +139,5 @@ async def test_sigterm_while_paused_still_sends_a_close_frame(tmp_path, trades):
         lb.__exit__()
     assert code == 0
     assert_clean_log(lb)
-    from tests.integration.test_lb_feed import pipe_bytes
+    from tests.helpers.lb_feed import pipe_bytes
     assert pipe_bytes(str(tmp_path), 1) == [bytes(feed.expected[0])]

@@ -18,7 +18,7 @@ import pytest
 from balancer import ktls
 from balancer.ktls import SOL_TLS, TCP_ULP, TLS_RX, TLS_RX_EXPECT_NO_PAD, TLS_TX
 from balancer.tls_keys import TLS_1_2, TLS_1_3, KernelCipher
-from tests.integration.test_ktls_peer import (
+from tests.helpers.ktls_peer import (
     ALL_SUITES,
     HELLO_RETRY_LISTENER,
     TICKETS,

@@ -20,7 +20,7 @@ import pytest
 from balancer import ktls
 from harness.lb import LbProcess
 from harness.sim import SimProcess
-from tests.integration.test_ktls_sim import (
+from tests.helpers.ktls_sim import (
     DEADLINE,
     KernelTlsWatcher,
     assert_kernel_carried,

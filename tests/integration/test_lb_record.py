@@ -12,9 +12,9 @@ import pytest
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import async_wait_for
+from tests.helpers.lb_feed import pipe_bytes, wait_delivered
 from tests.integration.feedgen import Feed
 from tests.integration.polyserver import PolyServer, status
-from tests.integration.test_lb_feed import pipe_bytes, wait_delivered
 
 
 @pytest.mark.parametrize("name", ["rec.jsonl", "rec.jsonl.gz"])

@@ -9,12 +9,13 @@ import sys
 
 import pytest
 
+from balancer.causes import Cause
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import async_wait_for, wait_for
+from tests.helpers.lb_feed import pipe_bytes, wait_delivered
 from tests.integration.feedgen import Feed
 from tests.integration.polyserver import PolyServer
-from tests.integration.test_lb_feed import pipe_bytes, wait_delivered
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAST = ["--stats-interval", "0"]
@@ -71,7 +72,7 @@ def test_eviction_waits_long_so_two_balancers_never_loop(tmp_path):
         first.start()
         wait_for(lambda: first.stats().get("connected"), 15, "the first balancer to stream")
         second.start()
-        wait_for(lambda: first.stats().get("disconnects", {}).get("evicted"), 15, "the eviction")
+        wait_for(lambda: first.stats().get("disconnects", {}).get(Cause.EVICTED), 15, "the eviction")
         wait_for(lambda: second.stats().get("connected"), 15, "the second balancer to stream")
         assert "EVICTED" in first.log() and "Waiting 3" in first.log()
         # the evicted one stays away (>= 30 s): no eviction ping-pong meanwhile
@@ -81,7 +82,7 @@ def test_eviction_waits_long_so_two_balancers_never_loop(tmp_path):
             pytest.fail("the evicted balancer reconnected within 5 s")
         except AssertionError as exc:
             assert "timed out" in str(exc)
-        assert second.stats()["disconnects"].get("evicted", 0) == 0
+        assert second.stats()["disconnects"].get(Cause.EVICTED, 0) == 0
         assert first.stop() == 0 and second.stop() == 0
     finally:
         first.__exit__()

@@ -12,11 +12,12 @@ import time
 import pytest
 import trustme
 
+from balancer.causes import Cause
 from harness.lb import LbProcess
 from harness.wait import async_wait_for
+from tests.helpers.lb_feed import wait_delivered
 from tests.integration.feedgen import Feed
 from tests.integration.polyserver import PolyServer, server_frame, status, text
-from tests.integration.test_lb_feed import wait_delivered
 
 FAST = ["--stats-interval", "0", "--connect-timeout", "5"]
 
@@ -64,7 +65,7 @@ async def test_wrong_ca_is_refused_and_retried_with_backoff(tmp_path, dump_worke
         lb.start(wait_ready=None)
         def refused_thrice():
             stats = lb.stats()
-            return stats.get("disconnects", {}).get("tls", 0) >= 3 and stats
+            return stats.get("disconnects", {}).get(Cause.TLS, 0) >= 3 and stats
         stats = await async_wait_for(refused_thrice, 20, "three refused TLS handshakes")
         assert server.count == 0 and stats["trades"] == 0
         assert "certificate verification failed" in lb.log()
@@ -80,7 +81,8 @@ async def test_wrong_host_name_is_refused(tmp_path, dump_worker):
     async with PolyServer(ssl_context=ctx) as server:
         lb = LbProcess(server.url("localhost"), 2, str(tmp_path), dump_worker,
                        options=[*FAST, "--cafile", str(cafile), "--tls", "userspace"]).start(wait_ready=None)
-        await async_wait_for(lambda: lb.stats().get("disconnects", {}).get("tls", 0) >= 1, 20, "a refusal")
+        await async_wait_for(lambda: lb.stats().get("disconnects", {}).get(Cause.TLS, 0) >= 1, 20,
+                             "a refusal")
         assert server.count == 0
         assert await stop(lb) == 0
     assert "localhost" in lb.log() and "certificate verification failed" in lb.log()
@@ -111,8 +113,8 @@ async def test_reconnects_after_reset_and_close_without_losing_delivered_data(tm
         assert await stop(lb) == 0
     final = lb.stats()
     assert final["trades"] == feed.trades
-    assert final["disconnects"].get("reset", 0) + final["disconnects"].get("eof", 0) >= 1
-    assert final["disconnects"].get("close") == 1
+    assert final["disconnects"].get(Cause.RESET, 0) + final["disconnects"].get(Cause.EOF, 0) >= 1
+    assert final["disconnects"].get(Cause.CLOSE) == 1
     assert final["worker_restarts"] == 0 and final["worker_starts"] == 1
 
 

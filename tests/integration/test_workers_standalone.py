@@ -13,10 +13,8 @@ import termios
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.test_workers_pool import ENV, Feed, feed_factory, wait_for
+from tests.helpers.workers_feed import ENV, Feed, wait_for
 from workers.framing import frame, frame_all
-
-__all__ = ["feed_factory"]  # the fixture, shared with the pool tests
 
 
 def start(module: str, args: list[str], feed: Feed, cwd: Path,

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from workers.files import trim_partial_line
 from workers.framing import FramingError
-from workers.handler import Handler, HandlerContext, HandlerNotFound, PerMessage, load_handler
-from workers.log import LogHandler, trim_partial_line
+from workers.handler import Handler, HandlerContext, PerMessage
+from workers.log import LogHandler
+from workers.registry import HandlerNotFound, load_handler
 from workers.routing import pipe_for_symbol
 from workers.stats import StatsDisplay, StatsHandler, merge_stats
 from workers.verify import VerifyHandler, merge_reports
