@@ -30,6 +30,7 @@ class NatsServer:
                  cluster_port: int | None = None, routes: list[int] | None = None,
                  cluster: str = "lbtest") -> None:
         self.store = store or tempfile.mkdtemp(prefix="nats-store-")
+        os.makedirs(self.store, exist_ok=True)
         self.name = name
         self.port = port or free_port()
         self.cluster_port = cluster_port
@@ -117,7 +118,8 @@ class RemoteProcess:
     """``lb-remote [options] WORKDIR EXE ARGS...`` with --stats-file and --ready-file."""
 
     def __init__(self, nats_url: str, stream: str, partitions: str, workdir: str, worker: list[str], *,
-                 options: list[str] | None = None) -> None:
+                 options: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.env = env
         self.state_dir = tempfile.mkdtemp(prefix="lb-remote-")
         self.stats_file = os.path.join(self.state_dir, "stats.json")
         self.ready_file = os.path.join(self.state_dir, "ready.json")
@@ -131,7 +133,7 @@ class RemoteProcess:
         if os.path.exists(self.ready_file):
             os.unlink(self.ready_file)
         stderr = open(self.stderr_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=stderr)
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=stderr, env=self.env)
         stderr.close()
         wait_for(lambda: os.path.exists(self.ready_file) or self.proc.poll() is not None, 20,
                  "lb-remote's ready file")

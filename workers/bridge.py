@@ -279,6 +279,7 @@ class Bridge:
         return {
             "epoch": self.epoch, "stream": self.args.stream, "pid": os.getpid(),
             "published_bytes": sum(p.published for p in self.parts),
+            "stream_offset": sum(p.offset for p in self.parts),  # over every bridge of this lb
             "published_messages": sum(p.messages for p in self.parts),
             "duplicates": sum(p.duplicates for p in self.parts),
             "retries": sum(p.retries for p in self.parts),
