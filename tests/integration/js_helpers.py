@@ -90,8 +90,11 @@ class Chain:
         return self.sim.ledger()
 
     def wait_delivered(self, remote: RemoteProcess, count: int, timeout: float = 60.0) -> None:
-        wait_for(lambda: remote.stats().get("messages", 0) >= count and not remote.stats().get("backlog_bytes"),
-                 timeout, f"lb-remote to deliver {count} messages ({self.logs()[-3000:]})")
+        def done() -> bool:
+            stats = remote.stats()
+            return stats.get("messages", 0) >= count and not stats.get("backlog_bytes")
+
+        wait_for(done, timeout, f"lb-remote to deliver {count} messages ({self.logs()[-3000:]})")
 
     def logs(self) -> str:
         text = self.lb.log() if self.lb else ""
