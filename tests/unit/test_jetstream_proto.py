@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from balancer import jsfeed
@@ -115,7 +117,7 @@ def test_no_secret_in_a_nats_url(url):
 
     with pytest.raises(ValueError, match="--creds"):
         parse_servers(url)
-    with pytest.raises(ValueError, match="--creds"):
+    with pytest.raises(argparse.ArgumentTypeError, match="--creds"):
         servers(url)
 
 
