@@ -10,13 +10,15 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from harness.jetstream import NATS_SERVER, NatsCluster, NatsServer
 from harness.wait import read_json, wait_for
-from tests.integration.js_helpers import DUMP, RECORDER, Chain, compare, read_recorded, tally
+from tests.integration.js_helpers import DUMP, ENV, RECORDER, Chain, compare, read_recorded, tally
 from workers.verify import VerifyHandler
 
 
@@ -104,6 +106,13 @@ def test_end_to_end_then_replay(nats_server, chain_factory):
         chain.wait_delivered(replay, sent)
         assert replay.stop() == 0
         assert dumped(chain.remote_dir(name), chain.npipes) == first, name
+
+    # the Python reader over the same stream, running verify directly
+    direct = os.path.join(chain.remote_dir("direct"), "report.json")
+    subprocess.run([sys.executable, "-m", "workers.jetstream", "--nats", nats_server.url,
+                    "--stream", chain.stream, "--partitions", f"0-{chain.npipes - 1}", "--idle", "2",
+                    "--handler", "verify", "--report", direct], check=True, timeout=60, env=ENV)
+    assert_verified(chain, ledger, direct)
 
 
 def test_bridge_sigkill(nats_server, chain_factory):
