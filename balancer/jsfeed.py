@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 import struct
 from array import array
+from collections.abc import Iterator
 from typing import NamedTuple
 
 MSG_ID = "Nats-Msg-Id"
+COUNT = "Lb-Messages"
 OVERHEAD = 4
 _ID = re.compile(r"([A-Za-z0-9_-]{1,64})\.(\d+)\.(\d+)")
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
@@ -79,3 +81,32 @@ def boundary_from(data: bytes | memoryview, skip: int) -> int:
     while pos < skip and pos < end:
         pos += OVERHEAD + _length(data, pos)[0]
     return min(pos, end)
+
+
+class FramedLengths:
+    """The payload lengths of `data`'s messages, walked only if they are asked for.
+
+    PipeSet keeps a chunk's lengths to find the next boundary after a worker died; that is
+    rare, so for the bridge's messages (whole messages by construction) the walk is skipped
+    on the hot path and done on demand from the data itself.
+    """
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, data: bytes, count: int = -1) -> None:
+        self.data = data
+        self.count = count
+
+    def __iter__(self) -> Iterator[int]:
+        data, pos, end = self.data, 0, len(self.data)
+        while end - pos >= OVERHEAD:
+            (length,) = _length(data, pos)
+            yield length
+            pos += OVERHEAD + length
+
+
+
+def trusted_count(headers: dict[str, str] | None) -> int:
+    """The bridge's `Lb-Messages` count, or -1 if absent or malformed."""
+    text = (headers or {}).get(COUNT, "")
+    return int(text) if text.isdigit() else -1

@@ -121,6 +121,7 @@ class Partition:
     scratch_size: int
     offset: int = 0  # stream offset of the pipe's first unread byte
     messages: int = 0
+    trades: int = 0  # pipe messages (a duplicate's count is the republished batch's, an estimate)
     published: int = 0
     duplicates: int = 0
     retries: int = 0
@@ -207,7 +208,7 @@ class Bridge:
                     await asyncio.sleep(self.args.linger)
                 continue
             data = self._peek(part, min(available, part.scratch_size))
-            size = jsproto.cut_batch(data, self.args.max_batch, self.args.max_message)
+            size, count = jsproto.cut_batch_counted(data, self.args.max_batch, self.args.max_message)
             if size == 0:
                 needed = jsproto.needed_for_first(data)
                 if needed > part.scratch_size:
@@ -215,7 +216,7 @@ class Bridge:
                                        f"{part.scratch_size}-byte look-ahead pipe")
                 await asyncio.sleep(0.001)  # lb has written part of a message
                 continue
-            await self._publish(part, subject, data[:size])
+            await self._publish(part, subject, data[:size], count)
 
     def _peek(self, part: Partition, want: int) -> bytes:
         n = tee(part.fd, part.scratch_w, want)
@@ -229,8 +230,9 @@ class Bridge:
             got += len(chunk)
         return b"".join(chunks)
 
-    async def _publish(self, part: Partition, subject: str, payload: bytes) -> None:
-        headers = {jsproto.MSG_ID: jsproto.make_msg_id(self.epoch, part.index, part.offset)}
+    async def _publish(self, part: Partition, subject: str, payload: bytes, count: int) -> None:
+        headers = {jsproto.MSG_ID: jsproto.make_msg_id(self.epoch, part.index, part.offset),
+                   jsproto.COUNT: str(count)}
         ack = await self._retry(part, lambda: self.js.publish(
             subject, payload, timeout=self.args.ack_timeout, headers=dict(headers)))
         size = len(payload)
@@ -249,6 +251,7 @@ class Bridge:
         part.offset += size
         part.published += size
         part.messages += 1
+        part.trades += count
 
     async def _retry(self, part: Partition, call: Any) -> Any:
         delay = 0.05
@@ -353,8 +356,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dup-window", type=positive, default=120.0, metavar="SECONDS",
                    help="the stream's duplicate window for new streams (default 120)")
     g = p.add_argument_group("publishing")
-    g.add_argument("--max-batch", type=int, default=64 * 1024, metavar="BYTES",
-                   help="bytes per JetStream message at most (default 65536)")
+    g.add_argument("--max-batch", type=int, default=256 * 1024, metavar="BYTES",
+                   help="bytes per JetStream message at most (default 262144; NATS's own bound "
+                        "is the server's max_payload, 1 MiB by default)")
     g.add_argument("--linger", type=float, default=0.002, metavar="SECONDS",
                    help="wait this long for a batch to fill once a pipe has bytes (default 0.002)")
     g.add_argument("--ack-timeout", type=positive, default=2.0, metavar="SECONDS",

@@ -4,8 +4,9 @@ A JetStream message on subject `<prefix>.<k>` holds whole pipe messages of parti
 *k*, `[u32 LE len][payload]...`, unparsed. Its `Nats-Msg-Id` header is
 `<epoch>.<k>.<offset>`: `epoch` names one run of lb (host, lb's pid and start time), `offset`
 is the byte offset in pipe *k*'s stream of the message's first byte. The end offset is
-`offset + len(data)`. So a batch republished after a crash has the id of the first publish,
-and JetStream drops the copy inside the stream's duplicate window.
+`offset + len(data)`. `Lb-Messages: <n>` says how many pipe messages it holds. So a batch
+republished after a crash has the id of the first publish, and JetStream drops the copy
+inside the stream's duplicate window.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import NamedTuple
 
 HEADER = 4
 MSG_ID = "Nats-Msg-Id"
+COUNT = "Lb-Messages"  # how many pipe messages the JetStream message holds
 _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 _unpack_length = struct.Struct("<I").unpack_from
@@ -95,7 +97,12 @@ def cut_batch(data: bytes | memoryview, max_batch: int, max_message: int) -> int
     """Length of the first batch to publish from `data` (which starts on a boundary): whole
     messages, at most `max_batch` bytes, or one message alone if it is bigger. 0: no whole
     message yet."""
-    pos, end = 0, len(data)
+    return cut_batch_counted(data, max_batch, max_message)[0]
+
+
+def cut_batch_counted(data: bytes | memoryview, max_batch: int, max_message: int) -> tuple[int, int]:
+    """`cut_batch`, and how many messages the batch holds."""
+    pos, end, count = 0, len(data), 0
     while end - pos >= HEADER:
         (length,) = _unpack_length(data, pos)
         if length > max_message:
@@ -108,9 +115,10 @@ def cut_batch(data: bytes | memoryview, max_batch: int, max_message: int) -> int
         if stop > max_batch and pos > 0:
             break
         pos = stop
+        count += 1
         if pos >= max_batch:
             break
-    return pos
+    return pos, count
 
 
 def needed_for_first(data: bytes | memoryview) -> int:
