@@ -86,6 +86,9 @@ class Partition:
     acked: int = 0
     skipped_bytes: int = 0
     gaps: int = 0
+    rewinds: int = 0
+    rewound_at: int = -1
+    rewind: bool = False
     noted: tuple[int, int, int, str] = (0, 0, -1, "")
 
 
@@ -123,6 +126,7 @@ class Remote:
         self._watching: set[int] = set()
         self._worker_gone = asyncio.Event()
         self._restart: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Future[None]] = set()
 
     # -- the consumers ---------------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class Remote:
                      part.resume_skip)
 
     async def ensure_consumer(self, part: Partition) -> None:
+        """(Re)create the partition's durable where delivery must resume."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
 
@@ -151,10 +156,16 @@ class Remote:
             existing = await self.js.consumer_info(a.stream, name)
         except NotFoundError:
             existing = None
-        if a.from_seq is not None:
+        if part.last_seq > 0:
+            # a rewind: everything after what is already in our pipe, again
+            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, part.last_seq + 1
+        elif a.from_seq is not None:
             config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, a.from_seq
         elif a.since is not None:
             config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, a.since
+        elif part.resume_seq > 0:
+            # the note says where the worker was: authoritative, even below the ack floor
+            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, part.resume_seq
         elif existing is not None:
             # Resume right after the last message the worker had read. Recreating the durable
             # at its ack floor redelivers the unacknowledged ones now, not after --ack-wait.
@@ -170,20 +181,31 @@ class Remote:
         await self.js.add_consumer(a.stream, config)
 
     async def pull(self, part: Partition) -> None:
-        import nats.errors
+        while not self.stopping:
+            sub = await self._subscribe(part)
+            part.rewind = False
+            await self._fetch_until_rewind(part, sub)
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
 
+    async def _subscribe(self, part: Partition) -> Any:
         name = f"{self.args.durable}-{part.number}"
         while True:
             try:
                 await self.ensure_consumer(part)
-                sub = await self.js.pull_subscribe_bind(durable=name, stream=self.args.stream)
-                break
-            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                return await self.js.pull_subscribe_bind(durable=name, stream=self.args.stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 log.warning("partition %d: consumer not ready (%s); retrying", part.number,
                             type(exc).__name__)
                 await asyncio.sleep(0.5)
+
+    async def _fetch_until_rewind(self, part: Partition, sub: Any) -> None:
         window = self.args.window
-        while not self.stopping:
+        while not self.stopping and not part.rewind:
             if self.pipes.accepted[part.pipe] - self.pipes.consumed(part.pipe) > window:
                 await asyncio.sleep(TICK)
                 continue
@@ -198,12 +220,24 @@ class Remote:
                 await asyncio.sleep(0.2)
                 continue
             for msg in msgs:
-                self.deliver(part, msg)
+                if part.rewind or not self.deliver(part, msg):
+                    break
 
-    def deliver(self, part: Partition, msg: Any) -> None:
+    def rewind_all(self) -> None:
+        """After a reconnect: deliveries in flight on the old connection are gone until
+        --ack-wait; fetch everything after what is in our pipes again, now."""
+        for part in self.parts:
+            part.rewind = True
+
+    def deliver(self, part: Partition, msg: Any) -> bool:
+        """Write one JetStream message's new bytes to its pipe; False: a gap, rewind."""
         seq = msg.metadata.sequence.stream
         if seq <= part.last_seq:
-            return  # a redelivery of a message already in the pipe: acked in order later
+            if seq <= part.acked:  # our ack was lost (a disconnect): the worker had read it
+                task = asyncio.ensure_future(_ack_quietly(msg))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
+            return True  # else a redelivery of a message still in the pipe: acked in order later
         data = msg.data or b""
         origin = jsfeed.parse_origin((msg.headers or {}).get(jsfeed.MSG_ID))
         skip = 0
@@ -216,10 +250,20 @@ class Remote:
         if origin is not None:
             start = origin.offset
             if origin.epoch == part.epoch and part.origin_end >= 0:
-                if start > part.origin_end:
-                    part.gaps += 1
-                    log.error("partition %d: seq %d starts at offset %d, %d bytes after the last one",
-                              part.number, seq, start, start - part.origin_end)
+                if start > part.origin_end and part.rewound_at == part.last_seq:
+                    part.gaps += 1  # fetched again and still missing: gone from the stream
+                    log.error("partition %d: seq %d starts %d bytes after the last one: those bytes "
+                              "are not in the stream (retention?)", part.number, seq,
+                              start - part.origin_end)
+                elif start > part.origin_end:
+                    # a delivery lost in flight (a reconnect, a cluster node lost): fetch again
+                    part.rewound_at = part.last_seq
+                    part.rewinds += 1
+                    part.rewind = True
+                    log.warning("partition %d: seq %d starts %d bytes after the last one; fetching "
+                                "again from seq %d", part.number, seq, start - part.origin_end,
+                                part.last_seq + 1)
+                    return False
                 elif start < part.origin_end:
                     skip = max(skip, min(len(data), jsfeed.boundary_from(data, part.origin_end - start)))
             epoch = origin.epoch
@@ -246,6 +290,7 @@ class Remote:
             part.origin_end = start + len(data)
         part.pending.append(Delivered(msg, seq, pipe_start, self.pipes.accepted[part.pipe], skip, epoch,
                                       start))
+        return True
 
     # -- writing and acknowledging ------------------------------------------------------------
 
@@ -282,9 +327,9 @@ class Remote:
                 self.progress.write(part.pipe, *note)
                 part.noted = note
             for delivered in done:
+                part.acked = delivered.seq  # read by the worker, whether or not the ack gets through
                 try:
                     await delivered.msg.ack()
-                    part.acked = delivered.seq
                 except Exception as exc:  # disconnected: the ack floor lags; the note holds
                     log.debug("ack of seq %d failed: %s", delivered.seq, exc)
 
@@ -306,6 +351,7 @@ class Remote:
             "consumed": sum(self.pipes.consumed(p.pipe) for p in self.parts) if self.pipes.read_fds else None,
             "skipped_bytes": sum(p.skipped_bytes for p in self.parts),
             "gaps": sum(p.gaps for p in self.parts),
+            "rewinds": sum(p.rewinds for p in self.parts),
             "discarded_bytes": self.pipes.discarded_bytes,
             "backlog_bytes": self.pipes.total_backlog,
             "partitions": {str(p.number): {"messages": p.messages, "bytes": p.bytes, "last_seq": p.last_seq,
@@ -379,7 +425,7 @@ class Remote:
         except WorkerStartError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
-        self.nc = await connect(self.args, f"lb-remote {self.args.durable}")
+        self.nc = await connect(self.args, f"lb-remote {self.args.durable}", self.rewind_all)
         self.js = self.nc.jetstream()
         tasks = [asyncio.ensure_future(self.pull(p)) for p in self.parts]
         tasks.append(asyncio.ensure_future(self.ticker()))
@@ -426,7 +472,14 @@ class Remote:
         await self.nc.close()
 
 
-async def connect(args: argparse.Namespace, name: str) -> Any:
+async def _ack_quietly(msg: Any) -> None:
+    try:
+        await msg.ack()
+    except Exception:
+        pass
+
+
+async def connect(args: argparse.Namespace, name: str, on_reconnect: Any) -> Any:
     import nats
 
     kwargs: dict[str, Any] = {"servers": args.servers, "name": name, "max_reconnect_attempts": -1,
@@ -443,6 +496,7 @@ async def connect(args: argparse.Namespace, name: str) -> Any:
 
     async def reconnected() -> None:
         log.warning("reconnected to NATS")
+        on_reconnect()
 
     async def error(exc: Exception) -> None:
         log.warning("NATS: %s", str(exc)[:200] or type(exc).__name__)

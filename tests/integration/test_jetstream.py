@@ -224,6 +224,8 @@ def test_cluster_node_killed(tmp_path, chain_factory):
         chain.wait_delivered(remote, ledger["totals"]["trades_sent"], 90)
         assert remote.stop() == 0
         assert_verified(chain, ledger, report)
+        assert remote.stats()["gaps"] == 0
+        print(f"cluster: lb-remote fetched again {remote.stats()['rewinds']} times")
     finally:
         cluster.cleanup()
 
