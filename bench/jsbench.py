@@ -34,7 +34,7 @@ def _bridge(url: str, workdir: str) -> list[str]:
             os.path.join(workdir, "bridge.json")]
 
 
-def throughput(trades: int) -> dict[str, Any]:
+def throughput(trades: int, npipes: int = NPIPES) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="jsbench-")
     nats = NatsServer(os.path.join(work, "store")).start()
     ready = os.path.join(work, "blaster.json")
@@ -47,13 +47,13 @@ def throughput(trades: int) -> dict[str, Any]:
     try:
         info = wait_json(ready, 120, "the blaster")
         lb = subprocess.Popen([sys.executable, "-m", "balancer", "--stats-interval", "0", "-q", "bench-key",
-                               info["url"], str(NPIPES), work, *_bridge(nats.url, work)],
+                               info["url"], str(npipes), work, *_bridge(nats.url, work)],
                               stdin=subprocess.DEVNULL)
         rdir = os.path.join(work, "remote")
         os.makedirs(rdir)
         worker = [sys.executable, "-m", "bench.drain_worker", "--expect", str(info["pipe_bytes"]),
                   "--notify", fifo]
-        remote = RemoteProcess(nats.url, "BENCH", f"0-{NPIPES - 1}", rdir, worker).start()
+        remote = RemoteProcess(nats.url, "BENCH", f"0-{npipes - 1}", rdir, worker).start()
         assert blaster.stdout is not None and blaster.stdin is not None
         if blaster.stdout.readline().strip() != "subscribed":
             raise RuntimeError("the blaster did not see lb subscribe")
@@ -84,16 +84,17 @@ def throughput(trades: int) -> dict[str, Any]:
         nats.cleanup()
 
 
-def latency(rate: str, seconds: float = 12.0, skip: float = 2.0, tail: float = 1.0) -> dict[str, Any]:
+def latency(rate: str, seconds: float = 12.0, skip: float = 2.0, tail: float = 1.0,
+            npipes: int = NPIPES) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="jslatency-")
     nats = NatsServer(os.path.join(work, "store")).start()
     samples_path = os.path.join(work, "samples.json")
     sim = SimProcess(["--rate", rate, "--stamp-ids", "--duration", f"{seconds:g}s", "--stats-interval", "0",
                       "-q", "--seed", "5", "--no-tls"], ledger=False, workdir=work).start()
-    lb = LbProcess(sim.url, NPIPES, work, _bridge(nats.url, work), options=["--stats-interval", "0", "-q"])
+    lb = LbProcess(sim.url, npipes, work, _bridge(nats.url, work), options=["--stats-interval", "0", "-q"])
     rdir = os.path.join(work, "remote")
     os.makedirs(rdir)
-    remote = RemoteProcess(nats.url, "BENCH", f"0-{NPIPES - 1}", rdir,
+    remote = RemoteProcess(nats.url, "BENCH", f"0-{npipes - 1}", rdir,
                            [sys.executable, "-m", "bench.drain_worker", "--latency", samples_path])
     try:
         remote.start()
@@ -125,13 +126,13 @@ def _read(path: str) -> list[int] | None:
         return None
 
 
-def row(trades: int, rate: str) -> dict[str, Any]:
-    print(f"\nJetStream: lb -> lb-bridge -> nats-server (file) -> lb-remote -> drain, {NPIPES} pipes:",
+def row(trades: int, rate: str, npipes: int = NPIPES) -> dict[str, Any]:
+    print(f"\nJetStream: lb -> lb-bridge -> nats-server (file) -> lb-remote -> drain, {npipes} pipes:",
           flush=True)
-    tp = throughput(trades)
+    tp = throughput(trades, npipes)
     print(f"  sustained    {tp['trades']:>9,} trades in {tp['seconds']:.2f} s: {tp['trades_per_s']:>10,} "
           f"trades/s ({tp['mb_per_s']} MB/s of pipe bytes)", flush=True)
-    lat = latency(rate)
+    lat = latency(rate, npipes=npipes)
     print(f"  paced {lat['rate']:<7} frames {lat['frames']:>7,}  p50 {lat['p50_ms']:.2f} ms  "
           f"p99 {lat['p99_ms']:.2f} ms  max {lat['max_ms']:.2f} ms", flush=True)
     return {"throughput": tp, "latency": lat}
@@ -142,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trades", type=int, default=1_000_000)
     p.add_argument("--rate", default="200k/s")
+    p.add_argument("--pipes", type=int, default=NPIPES)
     args = p.parse_args(argv)
-    print(json.dumps(row(args.trades, args.rate)))
+    print(json.dumps(row(args.trades, args.rate, args.pipes)))
     return 0
 
 
