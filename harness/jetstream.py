@@ -28,7 +28,8 @@ class NatsServer:
 
     def __init__(self, store: str | None = None, *, name: str = "n1", port: int | None = None,
                  cluster_port: int | None = None, routes: list[int] | None = None,
-                 cluster: str = "lbtest") -> None:
+                 cluster: str = "lbtest", config: str | None = None) -> None:
+        self.config = config
         self.store = store or tempfile.mkdtemp(prefix="nats-store-")
         os.makedirs(self.store, exist_ok=True)
         self.name = name
@@ -46,6 +47,8 @@ class NatsServer:
     def argv(self) -> list[str]:
         argv = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store,
                 "-n", self.name, "-l", self.log_path]
+        if self.config:
+            argv += ["-c", self.config]
         if self.cluster_port:
             argv += ["--cluster_name", self.cluster, "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
                      "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]

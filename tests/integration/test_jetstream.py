@@ -7,6 +7,7 @@ ledger, per symbol: count, first and last q, and the CRC-32 chained over the pay
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import signal
@@ -251,3 +252,60 @@ def test_slow_remote_worker(nats_server, chain_factory):
     chain.wait_delivered(remote, sent, 90)
     assert remote.stop() == 0
     assert_verified(chain, ledger, report)
+
+
+async def _connects(url: str, cafile: str) -> bool:
+    import ssl
+
+    import nats
+
+    try:
+        nc = await nats.connect(url, tls=ssl.create_default_context(cafile=cafile), allow_reconnect=False,
+                                max_reconnect_attempts=0, connect_timeout=2)
+    except Exception:
+        return False
+    await nc.close()
+    return True
+
+
+def test_tls_and_nkey(tmp_path, chain_factory):
+    """tls:// verified with --cafile, nkey authentication from a seed file; the seed is never
+    in argv or a log line; a NATS URL with a password is refused (exit 2)."""
+    import nkeys
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_pem, key_pem, ca_pem = (str(tmp_path / n) for n in ("cert.pem", "key.pem", "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(cert_pem)
+    cert.private_key_pem.write_to_path(key_pem)
+    ca.cert_pem.write_to_path(ca_pem)
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed)
+    config = tmp_path / "nats.conf"
+    config.write_text(f'tls {{ cert_file: "{cert_pem}", key_file: "{key_pem}" }}\n'
+                      f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    server = NatsServer(str(tmp_path / "store"), config=str(config)).start()
+    try:
+        url = f"tls://127.0.0.1:{server.port}"
+        assert not asyncio.run(_connects(url, ca_pem)), "the server let a client in without the nkey"
+        secrets = ["--nkey", str(seed_file), "--cafile", ca_pem]
+        chain = chain_factory(url, trades=30_000, bridge_options=secrets)
+        worker, report = chain.verify_worker()
+        chain.start_feed()
+        remote = chain.remote(worker, options=secrets)
+        ledger = chain.ledger()
+        chain.wait_delivered(remote, ledger["totals"]["trades_sent"])
+        assert remote.stop() == 0
+        assert_verified(chain, ledger, report)
+        assert seed.decode() not in chain.logs()
+        refused = subprocess.run([os.path.join(os.path.dirname(sys.executable), "lb-remote"), "--nats",
+                                  f"tls://user:pw@127.0.0.1:{server.port}", "--stream", "FEED",
+                                  "--partitions", "0-1", str(tmp_path), "true"],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 2
+        assert "--creds" in refused.stderr and "pw" not in refused.stderr
+    finally:
+        server.cleanup()
