@@ -159,20 +159,21 @@ def read_key(arg: str) -> str:
 _POSITIONALS = 5  # KEY URL NPIPES WORKDIR EXE
 
 
-def split_argv(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
-    """(lb's arguments up to and including EXE, the worker's arguments after EXE).
+def split_argv(parser: argparse.ArgumentParser, argv: list[str],
+               positionals: int = _POSITIONALS) -> tuple[list[str], list[str]]:
+    """(lb's arguments up to and including EXE, the ``positionals``-th positional; the worker's after it).
 
     Done by hand, since argparse would take a ``--`` after EXE for itself: everything after
     EXE is the worker's, as given. Options may come before and between the positionals."""
     actions = parser._option_string_actions
-    positionals = 0
+    seen = 0
     i = 0
     only_positionals = False
-    while i < len(argv) and positionals < _POSITIONALS:
+    while i < len(argv) and seen < positionals:
         token = argv[i]
         i += 1
         if only_positionals or token == "-" or not token.startswith("-"):
-            positionals += 1
+            seen += 1
         elif token == "--":
             only_positionals = True
         elif token.startswith("--"):

@@ -7,6 +7,9 @@
 2. End-to-end latency at a paced 500k/s: simulate --stamp-ids -> lb -> a draining worker,
    p50/p99/max of (receive - send), CLOCK_MONOTONIC, simulator, lb and worker on this machine.
 3. The simulator's speed (bench.sim_bench) and the pipe reader's (bench.reader_bench).
+4. The JetStream row (bench.jsbench): lb -> lb-bridge -> nats-server (file storage) -> lb-remote
+   -> a draining worker, sustained trades/s and p99 latency at a paced 200k/s
+   (``--jetstream``: this row only).
 
 ``--check``: the CI guard. One lb run (ws://, 1000 trades/frame, 32 pipes); fails only if
 CPU-us/trade exceeds 3x the figure recorded in bench/baseline.json.
@@ -24,6 +27,7 @@ import sys
 import tempfile
 from typing import Any
 
+from bench import jsbench
 from bench.lbbench import HEADER, Result, run_once
 from harness.lb import LbProcess
 from harness.sim import SimProcess
@@ -127,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="two configurations only, no side benchmarks")
     p.add_argument("--check", action="store_true", help="the CI guard against gross regressions")
     p.add_argument("--json", help="write every figure here as JSON")
+    p.add_argument("--jetstream", action="store_true", help="the JetStream row only")
     args = p.parse_args(argv)
     if args.check:
         return check(args.trades)
     print(f"machine: {machine()}\n", flush=True)
     figures: dict[str, Any] = {"machine": machine()}
+    if args.jetstream:
+        figures["jetstream"] = jsbench.row(args.trades, "200k/s")
+        _write(args.json, figures)
+        return 0
     rows = throughput_table(args.trades, args.naive_trades, args.runs, args.quick)
     figures["throughput"] = [r.__dict__ for r in rows]
     _ratios(rows)
@@ -145,10 +154,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"p99 {lat['p99_ms']:.2f} ms  max {lat['max_ms']:.2f} ms", flush=True)
         figures["simulator"] = _side("bench.sim_bench")
         figures["reader"] = _side("bench.reader_bench")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
+        figures["jetstream"] = jsbench.row(args.trades, "200k/s")
+    _write(args.json, figures)
     return 0
+
+
+def _write(path: str | None, figures: dict[str, Any]) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 def _ratios(rows: list[Result]) -> None:

@@ -27,6 +27,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from balancer.units import positive_duration
+from balancer.version import add_version_option
+
 STALE = 3.0  # seconds without a rewrite: the program has probably ended
 BLOCKS = " ▁▂▃▄▅▆▇█"
 BAR_WIDTH = 30
@@ -286,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="STATS_FILE",
                    help="--stats-file of lb, simulate or lb-pool (recognised by content)")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
+    add_version_option(p)
+    p.add_argument("--stats-interval", "--interval", dest="interval", type=positive_duration, default=1.0,
+                   metavar="DURATION", help="time between redraws (default 1s)")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.add_argument("--frames", type=int, help="stop after this many redraws")
     p.add_argument("--until-gone", action="store_true",

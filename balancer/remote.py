@@ -1,0 +1,616 @@
+"""`lb-remote`: on any host, the pipes and the worker of lb, fed from a JetStream stream.
+
+    lb-remote --nats URL --stream S --partitions 0-15 WORKDIR EXE [ARGS...]
+
+Creates one pipe per partition and runs `EXE ARGS... FD1..FDN` in WORKDIR exactly as lb does
+(balancer/pipes.py and balancer/supervisor.py: PR_SET_PDEATHSIG, its own process group,
+re-fork on the same pipes after dropping the rest of a message the dead worker had partly
+read, EOF then SIGTERM at shutdown). Pipe *i* is the *i*-th partition of `--partitions`.
+Each partition is read through a durable pull consumer `<durable>-<k>` on `<prefix>.<k>`.
+
+A JetStream message is acknowledged only once the worker has read all of it out of the pipe
+(written minus FIONREAD; lb's accounting), in order. Inside the first unacknowledged message
+the position the worker had reached is noted in a state file at every tick, so a restarted
+lb-remote skips what the worker had read, to the next message boundary. Messages carry the
+bridge's `Nats-Msg-Id` (`<epoch>.<k>.<offset>`), so a copy JetStream let through (a
+republish after its duplicate window) or a redelivery is cut off by offset here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import os
+import signal
+import ssl
+import struct
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from balancer import jsfeed
+from balancer.cli import split_argv
+from balancer.pipes import PipeSet
+from balancer.router import Chunk
+from balancer.stats import write_json_atomic
+from balancer.supervisor import (
+    WorkerSpec,
+    WorkerStartError,
+    become_subreaper,
+    describe_status,
+    group_alive,
+    kill_group,
+    reap_children,
+    resolve_executable,
+    spawn,
+)
+from balancer.units import positive_duration, size
+from balancer.version import add_version_option
+
+log = logging.getLogger("lb-remote")
+
+EXIT_USAGE = 2
+TICK = 0.005
+GROUP_EXIT_WAIT = 5.0
+QUICK_DEATH = 1.0
+BACKOFF_MAX = 5.0
+_SLOT = struct.Struct("<QQQ64s")  # seq, skip, origin offset of the read position, epoch
+_SLOT_SIZE = 128
+
+
+@dataclass(slots=True)
+class Delivered:
+    msg: Any
+    seq: int
+    pipe_start: int  # stream offsets in our pipe
+    pipe_end: int
+    skip: int  # bytes of msg.data not written (read before, or duplicates)
+    epoch: str
+    origin: int  # bridge's offset of msg.data[0]; -1 without a bridge id
+
+
+@dataclass
+class Partition:
+    number: int
+    pipe: int
+    pending: deque[Delivered] = field(default_factory=deque)
+    last_seq: int = 0  # highest stream sequence written
+    epoch: str = ""
+    origin_end: int = -1  # bridge offset just after the last byte written
+    resume_seq: int = 0
+    resume_skip: int = 0
+    messages: int = 0
+    bytes: int = 0
+    acked: int = 0
+    skipped_bytes: int = 0
+    gaps: int = 0
+    rewinds: int = 0
+    rewound_at: int = -1
+    rewind: bool = False
+    noted: tuple[int, int, int, str] = (0, 0, -1, "")
+
+
+class ProgressFile:
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def clear(self) -> None:
+        os.ftruncate(self.fd, 0)
+
+    def write(self, slot: int, seq: int, skip: int, origin: int, epoch: str) -> None:
+        os.pwrite(self.fd, _SLOT.pack(seq, skip, origin + 1, epoch.encode()[:64]), slot * _SLOT_SIZE)
+
+    def read(self, slot: int) -> tuple[int, int, int, str] | None:
+        data = os.pread(self.fd, _SLOT.size, slot * _SLOT_SIZE)
+        if len(data) < _SLOT.size:
+            return None
+        seq, skip, origin, epoch = _SLOT.unpack(data)
+        return seq, skip, origin - 1, epoch.rstrip(b"\0").decode(errors="replace")
+
+
+class Remote:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.parts = [Partition(k, i) for i, k in enumerate(args.partitions)]
+        self.pipes = PipeSet(len(self.parts), args.pipe_size)
+        self.progress = ProgressFile(args.state)
+        self.worker_pid = 0
+        self.worker_started = 0.0
+        self.worker_restarts = 0
+        self.backoff = 0.0
+        self.stopping = False
+        self.nc: Any = None
+        self.js: Any = None
+        self._watching: set[int] = set()
+        self._worker_gone = asyncio.Event()
+        self._restart: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Future[None]] = set()
+
+    # -- the consumers ---------------------------------------------------------------------
+
+    def load_progress(self) -> None:
+        if self.args.since is not None or self.args.from_seq is not None:
+            self.progress.clear()
+            return
+        for part in self.parts:
+            saved = self.progress.read(part.pipe)
+            if saved is None:
+                continue
+            part.resume_seq, part.resume_skip, part.origin_end, part.epoch = saved
+            log.info("partition %d: resuming inside seq %d at byte %d", part.number, part.resume_seq,
+                     part.resume_skip)
+
+    async def ensure_consumer(self, part: Partition) -> None:
+        """(Re)create the partition's durable where delivery must resume."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        a = self.args
+        name = f"{a.durable}-{part.number}"
+        config = ConsumerConfig(durable_name=name, filter_subject=f"{a.prefix}.{part.number}",
+                                ack_policy=AckPolicy.EXPLICIT, ack_wait=a.ack_wait,
+                                max_ack_pending=a.max_ack_pending, deliver_policy=DeliverPolicy.ALL)
+        try:
+            existing = await self.js.consumer_info(a.stream, name)
+        except NotFoundError:
+            existing = None
+        if part.last_seq > 0:
+            # a rewind: everything after what is already in our pipe, again
+            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, part.last_seq + 1
+        elif a.from_seq is not None:
+            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, a.from_seq
+        elif a.since is not None:
+            config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, a.since
+        elif part.resume_seq > 0:
+            # the note says where the worker was: authoritative, even below the ack floor
+            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, part.resume_seq
+        elif existing is not None:
+            # Resume right after the last message the worker had read. Recreating the durable
+            # at its ack floor redelivers the unacknowledged ones now, not after --ack-wait.
+            floor = existing.ack_floor.stream_seq if existing.ack_floor else 0
+            if floor > 0:
+                config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, floor + 1
+            else:
+                old = existing.config
+                config.deliver_policy = old.deliver_policy
+                config.opt_start_seq, config.opt_start_time = old.opt_start_seq, old.opt_start_time
+        if existing is not None:
+            await self.js.delete_consumer(a.stream, name)
+        await self.js.add_consumer(a.stream, config)
+
+    async def pull(self, part: Partition) -> None:
+        while not self.stopping:
+            sub = await self._subscribe(part)
+            part.rewind = False
+            await self._fetch_until_rewind(part, sub)
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+
+    async def _subscribe(self, part: Partition) -> Any:
+        name = f"{self.args.durable}-{part.number}"
+        while True:
+            try:
+                await self.ensure_consumer(part)
+                return await self.js.pull_subscribe_bind(durable=name, stream=self.args.stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("partition %d: consumer not ready (%s); retrying", part.number,
+                            type(exc).__name__)
+                await asyncio.sleep(0.5)
+
+    async def _fetch_until_rewind(self, part: Partition, sub: Any) -> None:
+        window = self.args.window
+        while not self.stopping and not part.rewind:
+            if self.pipes.accepted[part.pipe] - self.pipes.consumed(part.pipe) > window:
+                await asyncio.sleep(TICK)
+                continue
+            try:
+                msgs = await self._fetch(sub)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("partition %d: fetch failed (%s); retrying", part.number, type(exc).__name__)
+                await asyncio.sleep(0.2)
+                continue
+            for msg in msgs:
+                if part.rewind or not self.deliver(part, msg):
+                    break
+
+    async def _fetch(self, sub: Any) -> list[Any]:
+        """The next message as soon as there is one, then what else is there right now.
+
+        One `fetch(N)` would hold the first messages until N arrived or its timeout passed
+        (nats-py's lingering pull): seconds of latency on a quiet partition.
+        """
+        msgs = await sub.fetch(1, timeout=1.0)
+        if self.args.fetch > 1:
+            try:
+                msgs += await sub.fetch(self.args.fetch - 1, timeout=0.002)
+            except TimeoutError:
+                pass
+        return msgs
+
+    def rewind_all(self) -> None:
+        """After a reconnect: deliveries in flight on the old connection are gone until
+        --ack-wait; fetch everything after what is in our pipes again, now."""
+        for part in self.parts:
+            part.rewind = True
+
+    def deliver(self, part: Partition, msg: Any) -> bool:
+        """Write one JetStream message's new bytes to its pipe; False: a gap, rewind."""
+        seq = msg.metadata.sequence.stream
+        if seq <= part.last_seq:
+            if seq <= part.acked:  # our ack was lost (a disconnect): the worker had read it
+                task = asyncio.ensure_future(_ack_quietly(msg))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
+            return True  # else a redelivery of a message still in the pipe: acked in order later
+        data = msg.data or b""
+        origin = jsfeed.parse_origin((msg.headers or {}).get(jsfeed.MSG_ID))
+        skip = 0
+        if seq < part.resume_seq:
+            skip = len(data)
+        elif seq == part.resume_seq:
+            skip = jsfeed.boundary_from(data, part.resume_skip)
+        start = -1
+        epoch = part.epoch
+        if origin is not None:
+            start = origin.offset
+            if origin.epoch == part.epoch and part.origin_end >= 0:
+                if start > part.origin_end and part.rewound_at == part.last_seq:
+                    part.gaps += 1  # fetched again and still missing: gone from the stream
+                    log.error("partition %d: seq %d starts %d bytes after the last one: those bytes "
+                              "are not in the stream (retention?)", part.number, seq,
+                              start - part.origin_end)
+                elif start > part.origin_end:
+                    # a delivery lost in flight (a reconnect, a cluster node lost): fetch again
+                    part.rewound_at = part.last_seq
+                    part.rewinds += 1
+                    part.rewind = True
+                    log.warning("partition %d: seq %d starts %d bytes after the last one; fetching "
+                                "again from seq %d", part.number, seq, start - part.origin_end,
+                                part.last_seq + 1)
+                    return False
+                elif start < part.origin_end:
+                    skip = max(skip, min(len(data), jsfeed.boundary_from(data, part.origin_end - start)))
+            epoch = origin.epoch
+        if skip:
+            part.skipped_bytes += skip
+        body = data[skip:] if skip else data
+        count = jsfeed.trusted_count(msg.headers) if origin is not None and not skip else -1
+        lens: Any
+        if count >= 0:  # the bridge's: whole messages by construction, walked only for a resync
+            lens = jsfeed.FramedLengths(body)
+        else:
+            lens = jsfeed.message_lengths(body, self.args.max_message)
+            count = len(lens)
+        pipe_start = self.pipes.accepted[part.pipe]
+        if body:
+            blocked = self.pipes.submit([(part.pipe, [Chunk(body, lens, jsfeed.OVERHEAD)])])
+            for pipe in blocked:
+                self._watch(pipe)
+        part.last_seq = seq
+        part.messages += count
+        part.bytes += len(body)
+        if origin is not None:
+            part.epoch = epoch
+            part.origin_end = start + len(data)
+        part.pending.append(Delivered(msg, seq, pipe_start, self.pipes.accepted[part.pipe], skip, epoch,
+                                      start))
+        return True
+
+    # -- writing and acknowledging ------------------------------------------------------------
+
+    def _watch(self, pipe: int) -> None:
+        if pipe in self._watching:
+            return
+        self._watching.add(pipe)
+        asyncio.get_running_loop().add_writer(self.pipes.write_fds[pipe], self._flush, pipe)
+
+    def _flush(self, pipe: int) -> None:
+        if self.pipes.flush(pipe):
+            asyncio.get_running_loop().remove_writer(self.pipes.write_fds[pipe])
+            self._watching.discard(pipe)
+
+    async def acknowledge(self) -> None:
+        """Ack, in order, every message the worker has read entirely; note the read position."""
+        for part in self.parts:
+            consumed = self.pipes.consumed(part.pipe)
+            done = []
+            while part.pending and part.pending[0].pipe_end <= consumed:
+                done.append(part.pending.popleft())
+            if part.pending:
+                head = part.pending[0]
+                inside = head.skip + max(0, consumed - head.pipe_start)
+                origin = head.origin + inside if head.origin >= 0 else -1
+                note = (head.seq, inside, origin, head.epoch)
+            elif done:
+                last = done[-1]
+                end = last.origin + len(last.msg.data or b"") if last.origin >= 0 else -1
+                note = (last.seq + 1, 0, end, last.epoch)
+            else:
+                continue
+            if note != part.noted:
+                self.progress.write(part.pipe, *note)
+                part.noted = note
+            for delivered in done:
+                part.acked = delivered.seq  # read by the worker, whether or not the ack gets through
+                try:
+                    await delivered.msg.ack()
+                except Exception as exc:  # disconnected: the ack floor lags; the note holds
+                    log.debug("ack of seq %d failed: %s", delivered.seq, exc)
+
+    async def ticker(self) -> None:
+        last_stats = 0.0
+        while True:
+            await self.acknowledge()
+            now = time.monotonic()
+            if self.args.stats_file and now - last_stats >= self.args.stats_interval:
+                write_json_atomic(self.args.stats_file, self.snapshot())
+                last_stats = now
+            await asyncio.sleep(TICK)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(), "worker_pid": self.worker_pid, "worker_restarts": self.worker_restarts,
+            "messages": sum(p.messages for p in self.parts),
+            "bytes": sum(p.bytes for p in self.parts),
+            "consumed": sum(self.pipes.consumed(p.pipe) for p in self.parts) if self.pipes.read_fds else None,
+            "skipped_bytes": sum(p.skipped_bytes for p in self.parts),
+            "gaps": sum(p.gaps for p in self.parts),
+            "rewinds": sum(p.rewinds for p in self.parts),
+            "discarded_bytes": self.pipes.discarded_bytes,
+            "backlog_bytes": self.pipes.total_backlog,
+            "partitions": {str(p.number): {"messages": p.messages, "bytes": p.bytes, "last_seq": p.last_seq,
+                                           "acked_seq": p.acked} for p in self.parts},
+        }
+
+    # -- the worker (as lb: balancer/app.py) --------------------------------------------------
+
+    def start_worker(self) -> None:
+        a = self.args
+        self.worker_pid = spawn(WorkerSpec(a.exe, a.args, a.workdir, self.pipes.read_fds))
+        self.worker_started = time.monotonic()
+        self._worker_gone.clear()
+        log.info("worker %d started: %s (%d pipes)", self.worker_pid, a.exe, len(self.parts))
+        if a.ready_file:
+            write_json_atomic(a.ready_file, {"pid": os.getpid(), "worker_pid": self.worker_pid})
+
+    def on_sigchld(self) -> None:
+        for pid, status in reap_children():
+            if pid != self.worker_pid:
+                continue
+            how = describe_status(status)
+            self.worker_pid = 0
+            self._worker_gone.set()
+            if self.stopping:
+                log.info("worker %d %s", pid, how)
+                continue
+            log.warning("worker %d %s; re-forking it on the same pipes", pid, how)
+            self._restart = asyncio.ensure_future(self._restart_worker(pid))
+
+    async def _restart_worker(self, pgid: int) -> None:
+        lived = time.monotonic() - self.worker_started
+        await self._end_group(pgid)
+        for d in self.pipes.resync():
+            log.warning("pipe %d: discarded %d bytes, the rest of the message the dead worker had "
+                        "partly read", d.pipe, d.bytes)
+        if lived < QUICK_DEATH:
+            self.backoff = min(BACKOFF_MAX, max(0.5, self.backoff * 2))
+            await asyncio.sleep(self.backoff)
+        else:
+            self.backoff = 0.0
+        while not self.stopping:
+            try:
+                self.start_worker()
+                self.worker_restarts += 1
+                return
+            except (WorkerStartError, OSError) as exc:
+                self.backoff = min(BACKOFF_MAX, max(0.5, self.backoff * 2))
+                log.error("%s; retrying in %.1f s", exc, self.backoff)
+                await asyncio.sleep(self.backoff)
+
+    async def _end_group(self, pgid: int) -> None:
+        kill_group(pgid)
+        deadline = time.monotonic() + GROUP_EXIT_WAIT
+        while group_alive(pgid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            self.on_sigchld()
+
+    # -- the whole -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        become_subreaper()
+        loop.add_signal_handler(signal.SIGCHLD, self.on_sigchld)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self.load_progress()
+        try:
+            self.start_worker()
+        except WorkerStartError as exc:
+            log.error("%s", exc)
+            return EXIT_USAGE
+        self.nc = await connect(self.args, f"lb-remote {self.args.durable}", self.rewind_all)
+        self.js = self.nc.jetstream()
+        tasks = [asyncio.ensure_future(self.pull(p)) for p in self.parts]
+        tasks.append(asyncio.ensure_future(self.ticker()))
+        await stop.wait()
+        self.stopping = True
+        tasks[-1].cancel()
+        for task in tasks[:-1]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        deadline = time.monotonic() + self.args.shutdown_timeout
+        while self.pipes.total_backlog and self.worker_pid and time.monotonic() < deadline:
+            await self.acknowledge()
+            await asyncio.sleep(0.02)
+        loop = asyncio.get_running_loop()
+        for pipe in self._watching:
+            loop.remove_writer(self.pipes.write_fds[pipe])
+        self._watching.clear()
+        self.pipes.close_write_ends()
+        pid = self.worker_pid
+        if pid:
+            try:
+                await asyncio.wait_for(self._worker_gone.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.error("worker %d did not exit after EOF; terminating it", pid)
+                kill_group(pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(self._worker_gone.wait(), 5.0)
+                except TimeoutError:
+                    kill_group(pid, signal.SIGKILL)
+            await self._end_group(pid)
+        if self._restart is not None:
+            self._restart.cancel()
+        await self.acknowledge()
+        try:
+            await self.nc.flush(timeout=2)
+        except Exception:
+            pass
+        if self.args.stats_file:
+            write_json_atomic(self.args.stats_file, self.snapshot())
+        await self.nc.close()
+
+
+async def _ack_quietly(msg: Any) -> None:
+    try:
+        await msg.ack()
+    except Exception:
+        pass
+
+
+async def connect(args: argparse.Namespace, name: str, on_reconnect: Any) -> Any:
+    import nats
+
+    kwargs: dict[str, Any] = {"servers": args.servers, "name": name, "max_reconnect_attempts": -1,
+                              "reconnect_time_wait": 0.25, "connect_timeout": 2}
+    if args.creds:
+        kwargs["user_credentials"] = args.creds
+    if args.nkey:
+        kwargs["nkeys_seed"] = args.nkey
+    if args.cafile or any(s.startswith("tls://") for s in args.servers):
+        kwargs["tls"] = ssl.create_default_context(cafile=args.cafile)
+
+    async def disconnected() -> None:
+        log.warning("disconnected from NATS; waiting for it")
+
+    async def reconnected() -> None:
+        log.warning("reconnected to NATS")
+        on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        log.warning("NATS: %s", str(exc)[:200] or type(exc).__name__)
+
+    return await nats.connect(**kwargs, disconnected_cb=disconnected, reconnected_cb=reconnected,
+                              error_cb=error)
+
+
+def servers(text: str) -> list[str]:
+    out = []
+    for item in text.split(","):
+        parts = urlsplit(item.strip())
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise argparse.ArgumentTypeError(f"bad NATS URL {item!r}: nats://HOST:PORT or tls://HOST:PORT")
+        if parts.username is not None or parts.password is not None:
+            raise argparse.ArgumentTypeError("no user, password or token in the NATS URL (argv is public): "
+                                             "use --creds FILE or --nkey FILE")
+        out.append(item.strip())
+    return out
+
+
+def since(text: str) -> datetime.datetime:
+    try:
+        return datetime.datetime.fromtimestamp(float(text), tz=datetime.UTC)
+    except ValueError:
+        pass
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601 or Unix seconds)") from None
+    return value if value.tzinfo else value.astimezone()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lb-remote", description=__doc__.split("\n\n")[0])
+    add_version_option(p)
+    p.add_argument("--nats", dest="servers", type=servers, default=["nats://127.0.0.1:4222"],
+                   metavar="URL[,URL...]", help="nats:// or tls:// server URL(s)")
+    p.add_argument("--creds", metavar="FILE", help="NATS credentials file")
+    p.add_argument("--nkey", metavar="FILE", help="file holding an nkey seed")
+    p.add_argument("--cafile", metavar="FILE", help="CA bundle to verify the NATS server")
+    p.add_argument("--stream", required=True)
+    p.add_argument("--prefix", default="trades", help="subject prefix (default trades)")
+    p.add_argument("--partitions", required=True, type=jsfeed.parse_partitions, metavar="LIST",
+                   help="partitions to read, e.g. 0-15 or 0-3,8; pipe i is the i-th")
+    p.add_argument("--durable", default="lb-remote", help="durable consumer prefix (default lb-remote)")
+    replay = p.add_mutually_exclusive_group()
+    replay.add_argument("--since", type=since, metavar="TIME",
+                        help="replay from TIME (ISO 8601 or Unix seconds)")
+    replay.add_argument("--from-seq", type=int, metavar="N", help="replay from stream sequence N")
+    p.add_argument("--pipe-size", type=size, default=1 << 20, metavar="SIZE")
+    p.add_argument("--window", type=size, default=4 << 20, metavar="SIZE",
+                   help="per partition, bytes fetched and not yet read by the worker at most (default 4 MiB)")
+    p.add_argument("--fetch", type=int, default=32, metavar="N",
+                   help="messages per pull at most (default 32)")
+    p.add_argument("--ack-wait", type=positive_duration, default=300.0, metavar="DURATION")
+    p.add_argument("--max-ack-pending", type=int, default=1024)
+    p.add_argument("--max-message", type=size, default=16 << 20, metavar="SIZE")
+    p.add_argument("--state", metavar="PATH",
+                   help="progress file (default WORKDIR/.lb-remote-STREAM-DURABLE.state)")
+    p.add_argument("--stats-file", metavar="PATH")
+    p.add_argument("--stats-interval", type=positive_duration, default=0.5, metavar="DURATION")
+    p.add_argument("--ready-file", metavar="PATH")
+    p.add_argument("--shutdown-timeout", type=positive_duration, default=10.0, metavar="DURATION")
+    p.add_argument("workdir", metavar="WORKDIR")
+    p.add_argument("exe", metavar="EXE")
+    p.add_argument("args", metavar="ARGS", nargs="*",
+                   help="the worker's arguments, all passed as given (-- included)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="lb-remote: %(message)s", stream=sys.stderr)
+    try:
+        p = parser()
+        own, worker_args = split_argv(p, sys.argv[1:] if argv is None else argv, positionals=2)
+        args = p.parse_args(own)
+        args.args = worker_args
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else 0
+    try:
+        args.exe = resolve_executable(args.exe, args.workdir)
+        for name in ("creds", "nkey", "cafile"):
+            path = getattr(args, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"--{name} {path!r} is not a readable file")
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    args.workdir = os.path.abspath(args.workdir)
+    args.state = args.state or os.path.join(args.workdir, f".lb-remote-{args.stream}-{args.durable}.state")
+    try:
+        return asyncio.run(Remote(args).run())
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

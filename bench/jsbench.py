@@ -1,0 +1,153 @@
+"""The JetStream row: lb -> lb-bridge -> nats-server (file storage) -> lb-remote -> draining worker,
+all on this machine.
+
+1. Sustained trades/s: bench.blaster sends N trades (1000 per frame) as fast as lb reads; the
+   clock runs from the go signal to the moment the remote worker has received every byte.
+2. Latency at a paced rate: simulate --stamp-ids -> ... -> bench.drain_worker --latency,
+   p50/p99/max of (receive - send) per frame, CLOCK_MONOTONIC, steady state only.
+
+    python -m bench.jsbench [--trades 1000000] [--rate 200k/s] [--seconds 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from harness.jetstream import BIN, NatsServer, RemoteProcess
+from harness.lb import LbProcess
+from harness.sim import SimProcess
+from harness.wait import wait_for, wait_json
+
+NPIPES = 32
+
+
+def _bridge(url: str, workdir: str) -> list[str]:
+    return [os.path.join(BIN, "lb-bridge"), "--nats", url, "--stream", "BENCH", "--stats-file",
+            os.path.join(workdir, "bridge.json")]
+
+
+def throughput(trades: int, npipes: int = NPIPES) -> dict[str, Any]:
+    work = tempfile.mkdtemp(prefix="jsbench-")
+    nats = NatsServer(os.path.join(work, "store")).start()
+    ready = os.path.join(work, "blaster.json")
+    fifo = os.path.join(work, "done.fifo")
+    os.mkfifo(fifo)
+    blaster = subprocess.Popen([sys.executable, "-m", "bench.blaster", "--trades", str(trades), "--batch",
+                                "1000", "--ready-file", ready], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    lb = remote = None
+    try:
+        info = wait_json(ready, 120, "the blaster")
+        lb = subprocess.Popen([sys.executable, "-m", "balancer", "--stats-interval", "0", "-q", "bench-key",
+                               info["url"], str(npipes), work, *_bridge(nats.url, work)],
+                              stdin=subprocess.DEVNULL)
+        rdir = os.path.join(work, "remote")
+        os.makedirs(rdir)
+        worker = [sys.executable, "-m", "bench.drain_worker", "--expect", str(info["pipe_bytes"]),
+                  "--notify", fifo]
+        remote = RemoteProcess(nats.url, "BENCH", f"0-{npipes - 1}", rdir, worker).start()
+        assert blaster.stdout is not None and blaster.stdin is not None
+        if blaster.stdout.readline().strip() != "subscribed":
+            raise RuntimeError("the blaster did not see lb subscribe")
+        done = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        t0 = time.monotonic()
+        blaster.stdin.write("go\n")
+        blaster.stdin.flush()
+        os.set_blocking(done, True)
+        wait_for(lambda: os.read(done, 100), 600, "the remote worker to receive every byte", interval=0)
+        elapsed = time.monotonic() - t0
+        os.close(done)
+        bridge = wait_json(os.path.join(work, "bridge.json"), 5, "bridge stats")
+        batch = bridge["published_bytes"] / max(1, bridge["published_messages"])
+        return {"mean_batch_bytes": round(batch), "trades": trades, "seconds": round(elapsed, 3),
+                "trades_per_s": round(trades / elapsed),
+                "mb_per_s": round(info["pipe_bytes"] / elapsed / 1e6, 1)}
+    finally:
+        if remote is not None:
+            remote.cleanup()
+        if lb is not None:
+            lb.send_signal(signal.SIGTERM)
+            try:
+                lb.wait(30)
+            except subprocess.TimeoutExpired:
+                lb.kill()
+        blaster.kill()
+        blaster.wait()
+        nats.cleanup()
+
+
+def latency(rate: str, seconds: float = 12.0, skip: float = 2.0, tail: float = 1.0,
+            npipes: int = NPIPES) -> dict[str, Any]:
+    work = tempfile.mkdtemp(prefix="jslatency-")
+    nats = NatsServer(os.path.join(work, "store")).start()
+    samples_path = os.path.join(work, "samples.json")
+    sim = SimProcess(["--rate", rate, "--stamp-ids", "--duration", f"{seconds:g}s", "--stats-interval", "0",
+                      "-q", "--seed", "5", "--no-tls"], ledger=False, workdir=work).start()
+    lb = LbProcess(sim.url, npipes, work, _bridge(nats.url, work), options=["--stats-interval", "0", "-q"])
+    rdir = os.path.join(work, "remote")
+    os.makedirs(rdir)
+    remote = RemoteProcess(nats.url, "BENCH", f"0-{npipes - 1}", rdir,
+                           [sys.executable, "-m", "bench.drain_worker", "--latency", samples_path])
+    try:
+        remote.start()
+        lb.start()
+        sim.wait(seconds + 60)
+        stats = lb.stats()
+        wait_for(lambda: remote.stats().get("messages", 0) >= stats.get("trades", 0), 60,
+                 "the remote worker to catch up")
+        remote.stop(60)
+    finally:
+        remote.cleanup()
+        lb.__exit__()
+        sim.kill()
+        nats.cleanup()
+    samples = wait_for(lambda: _read(samples_path), 30, "latency samples")
+    frames = len(samples)
+    samples = sorted(samples[int(frames * skip / seconds) : int(frames * (seconds - tail) / seconds)])
+    pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] / 1e6  # noqa: E731
+    return {"rate": rate, "frames": len(samples), "trades": stats.get("trades", 0),
+            "p50_ms": round(pick(0.50), 3), "p99_ms": round(pick(0.99), 3),
+            "max_ms": round(samples[-1] / 1e6, 3)}
+
+
+def _read(path: str) -> list[int] | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def row(trades: int, rate: str, npipes: int = NPIPES) -> dict[str, Any]:
+    print(f"\nJetStream: lb -> lb-bridge -> nats-server (file) -> lb-remote -> drain, {npipes} pipes:",
+          flush=True)
+    tp = throughput(trades, npipes)
+    print(f"  sustained    {tp['trades']:>9,} trades in {tp['seconds']:.2f} s: {tp['trades_per_s']:>10,} "
+          f"trades/s ({tp['mb_per_s']} MB/s of pipe bytes)", flush=True)
+    lat = latency(rate, npipes=npipes)
+    print(f"  paced {lat['rate']:<7} frames {lat['frames']:>7,}  p50 {lat['p50_ms']:.2f} ms  "
+          f"p99 {lat['p99_ms']:.2f} ms  max {lat['max_ms']:.2f} ms", flush=True)
+    return {"throughput": tp, "latency": lat}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.jsbench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trades", type=int, default=1_000_000)
+    p.add_argument("--rate", default="200k/s")
+    p.add_argument("--pipes", type=int, default=NPIPES)
+    args = p.parse_args(argv)
+    print(json.dumps(row(args.trades, args.rate, args.pipes)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

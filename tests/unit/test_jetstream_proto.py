@@ -1,0 +1,132 @@
+"""The JetStream carriage's pure layers: the bridge's (workers/jsproto.py) and lb-remote's
+(balancer/jsfeed.py), written independently, checked against each other and by bytes."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from balancer import jsfeed
+from workers import jsproto
+from workers.framing import frame_all
+
+PAYLOADS = [b'{"ev":"T","sym":"AAPL","q":%d}' % i for i in range(10)]
+DATA = frame_all(PAYLOADS)
+SIZE = len(DATA) // len(PAYLOADS)  # every message is the same size here
+
+
+def test_msg_id_round_trip_on_both_sides():
+    text = jsproto.make_msg_id("vm-1234-5678", 7, 123456789)
+    assert text == "vm-1234-5678.7.123456789"
+    assert jsproto.parse_msg_id(text) == ("vm-1234-5678", 7, 123456789)
+    assert jsfeed.parse_origin(text) == ("vm-1234-5678", 7, 123456789)
+
+
+@pytest.mark.parametrize("bad", ["", "a.b", "a.1", "a.1.x", "a b.1.2", "a.-1.2", "a.1.2.3"])
+def test_msg_id_rejects(bad):
+    with pytest.raises(ValueError):
+        jsproto.parse_msg_id(bad)
+    assert jsfeed.parse_origin(bad) is None
+
+
+def test_make_msg_id_rejects_bad_epoch():
+    with pytest.raises(ValueError):
+        jsproto.make_msg_id("a.b", 0, 0)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0-3", [0, 1, 2, 3]), ("5", [5]), ("0-1,8,10-11", [0, 1, 8, 10, 11]), (" 2 , 0 ", [0, 2]),
+])
+def test_partitions(text, expected):
+    assert jsproto.parse_partitions(text) == expected
+    assert jsfeed.parse_partitions(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "a", "3-1", "0-2,2", "1-", "-1"])
+def test_partitions_reject(bad):
+    with pytest.raises(ValueError):
+        jsproto.parse_partitions(bad)
+    with pytest.raises(ValueError):
+        jsfeed.parse_partitions(bad)
+
+
+def test_partitions_limit():
+    with pytest.raises(ValueError, match="out of range"):
+        jsproto.parse_partitions("0-8", limit=8)
+
+
+def test_cut_batch_on_boundaries():
+    assert jsproto.cut_batch(DATA, 3 * SIZE, 1 << 20) == 3 * SIZE
+    assert jsproto.cut_batch(DATA, 3 * SIZE + 5, 1 << 20) == 3 * SIZE  # never inside a message
+    assert jsproto.cut_batch(DATA, 1, 1 << 20) == SIZE  # a message bigger than the batch goes alone
+    assert jsproto.cut_batch(DATA, 1 << 20, 1 << 20) == len(DATA)
+    assert jsproto.cut_batch(DATA[:-1], 1 << 20, 1 << 20) == len(DATA) - SIZE  # a partial last one waits
+    assert jsproto.cut_batch(DATA[:3], 1 << 20, 1 << 20) == 0
+    assert jsproto.complete_prefix(DATA[: 2 * SIZE + 7], 1 << 20) == 2 * SIZE
+
+
+def test_cut_batch_rejects_oversized_first_message():
+    with pytest.raises(ValueError):
+        jsproto.cut_batch(b"\xff\xff\xff\x00{}", 1 << 20, 1 << 20)
+
+
+def test_needed_for_first():
+    assert jsproto.needed_for_first(b"\x01") == 4
+    assert jsproto.needed_for_first(DATA) == SIZE
+
+
+def test_cuts_are_what_the_remote_accepts():
+    """Every batch the bridge cuts parses on the remote side into the same messages."""
+    pos, seen = 0, []
+    while pos < len(DATA):
+        size = jsproto.cut_batch(DATA[pos:], 2 * SIZE + 1, 1 << 20)
+        batch = DATA[pos : pos + size]
+        lens = jsfeed.message_lengths(batch, 1 << 20)
+        assert sum(lens) + 4 * len(lens) == size
+        seen.extend(len(p) for p in PAYLOADS[len(seen) : len(seen) + len(lens)])
+        assert list(lens) == seen[-len(lens):]
+        pos += size
+    assert len(seen) == len(PAYLOADS)
+
+
+@pytest.mark.parametrize("bad", [DATA[:-1], DATA + b"\x01\x00", b"\xff\xff\xff\x7f{}"])
+def test_remote_rejects_what_is_not_whole_messages(bad):
+    with pytest.raises(jsfeed.BadMessage):
+        jsfeed.message_lengths(bad, 1 << 20)
+
+
+def test_boundary_from():
+    assert jsfeed.boundary_from(DATA, 0) == 0
+    assert jsfeed.boundary_from(DATA, 1) == SIZE  # inside the first message: skip to the next
+    assert jsfeed.boundary_from(DATA, SIZE) == SIZE
+    assert jsfeed.boundary_from(DATA, 10 * SIZE + 3) == len(DATA)
+
+
+def test_prefix_check():
+    assert jsproto.check_prefix("trades.us") == "trades.us"
+    for bad in ("", "a..b", "a.*", "a b", "a.>"):
+        with pytest.raises(ValueError):
+            jsproto.check_prefix(bad)
+
+
+@pytest.mark.parametrize("url", ["nats://u:p@h:4222", "nats://token@h:4222", "tls://a:b@h:1"])
+def test_no_secret_in_a_nats_url(url):
+    from balancer.remote import servers
+    from workers.natsconn import parse_servers
+
+    with pytest.raises(ValueError, match="--creds"):
+        parse_servers(url)
+    with pytest.raises(argparse.ArgumentTypeError, match="--creds"):
+        servers(url)
+
+
+def test_nats_urls():
+    from balancer.remote import servers
+    from workers.natsconn import parse_servers
+
+    text = "nats://127.0.0.1:4222, tls://nats.example:4443"
+    assert parse_servers(text) == servers(text) == ["nats://127.0.0.1:4222", "tls://nats.example:4443"]
+    for bad in ("http://h:1", "nats://", "h:4222"):
+        with pytest.raises(ValueError):
+            parse_servers(bad)

@@ -1,0 +1,245 @@
+"""Reading the feed straight from JetStream, for workers that prefer to consume directly.
+
+    async with JetStreamReader(NatsOptions(["nats://h:4222"]), "FEED", [0, 1, 2, 3]) as reader:
+        while True:
+            for partition, payloads in await reader.read_batch():
+                ...
+
+Each partition `k` is subject `<prefix>.<k>` (the bridge's), read through a pull consumer:
+durable (`durable="name"`: consumer `name-<k>`, resuming after what was acknowledged) or
+ephemeral (default; from the start, `from_seq` or `since`). Payloads are the pipe
+protocol's, byte-identical. A batch is acknowledged when the next `read_batch()` is called
+(or at `close()`): after a crash the batch in hand comes again, nothing is lost. Copies of a
+batch (a republish past the stream's duplicate window, a redelivery) are cut off by the
+bridge's offsets in `Nats-Msg-Id`.
+
+`python -m workers.jetstream --stream S --partitions 0-7 --handler verify --report r.json`
+runs any named handler (or `module:name`) over the stream instead of pipes; `--idle N` ends
+the run after N seconds without a message (a backtest over what the stream holds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from balancer.units import duration, positive_duration, size
+from balancer.version import add_version_option
+from workers import jsproto, natsconn
+from workers.framing import MAX_MESSAGE, split_frames
+from workers.handler import HandlerContext
+from workers.registry import HandlerNotFound, load_handler
+
+
+@dataclass
+class _Partition:
+    number: int
+    sub: Any = None
+    epoch: str = ""
+    end: int = -1  # the bridge's offset after the last byte handed out
+    last_seq: int = 0
+
+
+class JetStreamReader:
+    def __init__(self, options: natsconn.NatsOptions, stream: str, partitions: list[int], *,
+                 prefix: str = "trades", durable: str | None = None, from_seq: int | None = None,
+                 since: datetime.datetime | None = None, batch: int = 32,
+                 max_message: int = MAX_MESSAGE) -> None:
+        self.options = options
+        self.stream = stream
+        self.prefix = jsproto.check_prefix(prefix)
+        self.parts = [_Partition(k) for k in partitions]
+        self.durable = durable
+        self.from_seq = from_seq
+        self.since = since
+        self.batch = batch
+        self.max_message = max_message
+        self.nc: Any = None
+        self.js: Any = None
+        self._unacked: list[Any] = []
+        self.messages = 0
+        self.duplicates = 0
+
+    async def __aenter__(self) -> JetStreamReader:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        self.nc = await natsconn.connect(self.options, "workers.jetstream")
+        self.js = self.nc.jetstream()
+        for part in self.parts:
+            config = ConsumerConfig(filter_subject=jsproto.subject(self.prefix, part.number),
+                                    ack_policy=AckPolicy.EXPLICIT, ack_wait=300,
+                                    deliver_policy=DeliverPolicy.ALL)
+            if self.from_seq is not None:
+                config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, self.from_seq
+            elif self.since is not None:
+                config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, self.since
+            if self.durable is None:
+                config.inactive_threshold = 60
+                info = await self.js.add_consumer(self.stream, config)
+                part.sub = await self.js.pull_subscribe_bind(consumer=info.name, stream=self.stream)
+                continue
+            name = config.durable_name = f"{self.durable}-{part.number}"
+            try:
+                existing = await self.js.consumer_info(self.stream, name)
+            except NotFoundError:
+                existing = None
+            if existing is not None:
+                floor = existing.ack_floor.stream_seq if existing.ack_floor else 0
+                if self.from_seq is None and self.since is None and floor > 0:
+                    config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, floor + 1
+                await self.js.delete_consumer(self.stream, name)
+            await self.js.add_consumer(self.stream, config)
+            part.sub = await self.js.pull_subscribe_bind(durable=name, stream=self.stream)
+
+    async def ack(self) -> None:
+        """Acknowledge every batch handed out so far."""
+        unacked, self._unacked = self._unacked, []
+        for msg in unacked:
+            await msg.ack()
+
+    async def read_batch(self, timeout: float = 1.0) -> list[tuple[int, list[bytes]]]:
+        """Acknowledge the previous batch, then what every partition has (waiting up to `timeout`)."""
+        await self.ack()
+        fetched = await asyncio.gather(*(self._fetch(p, timeout) for p in self.parts))
+        return [(p.number, payloads) for p, payloads in zip(self.parts, fetched, strict=True) if payloads]
+
+    async def _fetch(self, part: _Partition, timeout: float) -> list[bytes]:
+        try:
+            msgs = await part.sub.fetch(self.batch, timeout=timeout)
+        except TimeoutError:
+            return []
+        out: list[bytes] = []
+        for msg in msgs:
+            self._unacked.append(msg)
+            seq = msg.metadata.sequence.stream
+            if seq <= part.last_seq:
+                continue
+            part.last_seq = seq
+            data = msg.data or b""
+            start = 0
+            try:
+                origin = jsproto.parse_msg_id((msg.headers or {}).get(jsproto.MSG_ID, ""))
+            except ValueError:
+                origin = None
+            if origin is not None:
+                if origin.epoch == part.epoch and origin.offset < part.end:
+                    start = self._boundary(data, part.end - origin.offset)
+                    self.duplicates += start > 0
+                part.epoch, part.end = origin.epoch, origin.offset + len(data)
+            payloads, stop, _ = split_frames(data, start, len(data), self.max_message)
+            if stop != len(data):
+                raise ValueError(f"partition {part.number} seq {seq}: not whole pipe messages "
+                                 f"(stops at byte {stop} of {len(data)})")
+            out.extend(payloads)
+        self.messages += len(out)
+        return out
+
+    @staticmethod
+    def _boundary(data: bytes, skip: int) -> int:
+        pos = 0
+        while pos < skip and pos < len(data):
+            pos += 4 + int.from_bytes(data[pos : pos + 4], "little")
+        return min(pos, len(data))
+
+    async def close(self) -> None:
+        if self.nc is None:
+            return
+        try:
+            await self.ack()
+            await self.nc.flush(timeout=2)
+        finally:
+            await self.nc.close()
+            self.nc = None
+
+
+def since_time(text: str) -> datetime.datetime:
+    try:
+        return datetime.datetime.fromtimestamp(float(text), tz=datetime.UTC)
+    except ValueError:
+        pass
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r}") from None
+    return value if value.tzinfo else value.astimezone()
+
+
+async def run_handler(args: argparse.Namespace, handler_class: Any, options: natsconn.NatsOptions) -> int:
+    partitions = jsproto.parse_partitions(args.partitions)
+    label = f"jetstream {handler_class.name}"
+    pipes = list(range(len(partitions)))
+    context = HandlerContext(len(pipes), pipes, args, label, dict(args.opt))
+    handler = handler_class(context)
+    aggregator = handler_class.aggregator(args, label)
+    index = {k: i for i, k in enumerate(partitions)}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reader = JetStreamReader(options, args.stream, partitions, prefix=args.prefix, durable=args.durable,
+                             from_seq=args.from_seq, since=args.since, max_message=args.max_message)
+    async with reader:
+        last = time.monotonic()
+        while not stop.is_set():
+            batches = await reader.read_batch(timeout=0.5)
+            for partition, payloads in batches:
+                handler.on_batch(index[partition], payloads)
+            now = time.monotonic()
+            if batches:
+                last = now
+            elif args.idle and now - last >= args.idle:
+                break
+    aggregator.finish(aggregator.merge([handler.snapshot()]), {"duplicates_cut": reader.duplicates})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.jetstream", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(parser)
+    natsconn.add_arguments(parser)
+    parser.add_argument("--stream", required=True)
+    parser.add_argument("--prefix", default="trades")
+    parser.add_argument("--partitions", required=True, metavar="LIST", help="e.g. 0-31; pipe i is the i-th")
+    parser.add_argument("--durable", metavar="NAME", help="durable consumers NAME-<k> (default: ephemeral)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--from-seq", type=int, metavar="N")
+    group.add_argument("--since", type=since_time, metavar="TIME")
+    parser.add_argument("--idle", type=duration, default=0, metavar="DURATION",
+                        help="end after this long without a message (default: run until SIGTERM)")
+    parser.add_argument("--handler", default="stats", metavar="NAME|module:name")
+    parser.add_argument("--max-message", type=size, default=MAX_MESSAGE, metavar="SIZE")
+    parser.add_argument("--stats-interval", "--interval", dest="interval", type=positive_duration,
+                        default=1.0, metavar="DURATION", help="handler snapshot interval (default 1s)")
+    parser.add_argument("--opt", type=lambda s: tuple(s.split("=", 1)), action="append", default=[])
+    known, _ = parser.parse_known_args(argv)
+    try:
+        handler_class = load_handler(known.handler)
+    except HandlerNotFound as exc:
+        parser.error(str(exc))
+    handler_class.add_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        options = natsconn.options_from(args)
+        jsproto.parse_partitions(args.partitions)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return asyncio.run(run_handler(args, handler_class, options))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
