@@ -50,6 +50,43 @@ def parse_size(text: str) -> int:
     return size
 
 
+# A message can be held up to about four times while it is received and routed (the receive
+# buffer, a fragmented message's reassembly, the message, the routed copies): --max-message may
+# be at most this fraction of the memory lb can have (RAM, or RLIMIT_AS when lower).
+MESSAGE_MEMORY_SHARE = 4
+
+
+def memory_limit() -> int:
+    """Bytes of memory lb can hold: physical RAM, or the address-space limit when it is lower."""
+    try:
+        limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        limit = 1 << 62
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY and soft > 0:
+        limit = min(limit, soft)
+    return limit
+
+
+def parse_max_message(text: str) -> int:
+    size = parse_size(text)
+    bound = memory_limit() // MESSAGE_MEMORY_SHARE
+    if size > bound:  # MESSAGE_MEMORY_SHARE is 4
+        raise argparse.ArgumentTypeError(
+            f"{text} is more than this machine can hold: at most {_human(bound)} "
+            f"(a quarter of {_human(memory_limit())} of memory)")
+    return size
+
+
+def _human(n: int) -> str:
+    for unit in ("G", "M", "K"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.1f}{unit}"
+    return str(n)
+
+
 def _seconds(allow_zero: bool):
     def parse(text: str) -> float:
         try:
@@ -104,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                       default=os.environ.get("LB_ENGINE", "auto"),
                       help="data path: native (compiled balancer._speedups), python, or auto: native when "
                            "built (default: $LB_ENGINE or auto)")
-    feed.add_argument("--max-message", metavar="BYTES", type=parse_size, default=64 << 20,
-                      help="largest websocket message accepted (default: 64M)")
+    feed.add_argument("--max-message", metavar="BYTES", type=parse_max_message, default=64 << 20,
+                      help="largest websocket message accepted, at most a quarter of the memory "
+                           "(RAM or RLIMIT_AS) (default: 64M)")
     pipes = p.add_argument_group("pipes")
     pipes.add_argument("--pipe-size", metavar="BYTES", type=parse_size, default=1 << 30,
                        help="pipe buffer to ask for, halved until the kernel agrees (default: 1G; "

@@ -270,6 +270,9 @@ class Session:
                     break
         except BlockingIOError:
             pass
+        except frames.AllocationFailed as exc:  # no room for the frame announced: route what came before
+            failure = ("memory", str(exc))
+            self._send_close(exc.close_code, "message too big")
         except ssl.SSLError as exc:  # what was decrypted before it is routed below
             failure = ("tls", f"TLS error: {exc}")
         except OSError as exc:
@@ -287,6 +290,14 @@ class Session:
                 self.stats.messages += messages
             self._handle_events(decoder.events())
             decoder.check()
+            if failure is None and not eof:
+                decoder.reserve()
+        except frames.AllocationFailed as exc:
+            self._send_close(exc.close_code, "message too big")
+            self.end("memory", str(exc))
+        except MemoryError:  # the native engine or the router: end the connection, never wedge
+            self._send_close(frames.CLOSE_TOO_BIG, "out of memory")
+            self.end("memory", "cannot allocate memory while routing a message")
         except ProtocolError as exc:
             self._send_close(exc.close_code, "protocol error")
             self.end("protocol", f"websocket protocol violation: {exc}")

@@ -160,6 +160,7 @@ async def test_no_fd_or_memory_growth_and_no_zombies_across_100_reconnects(tmp_p
     (["", "ws://h/s", "2", ".", "/bin/cat"], "API key is empty"),
     (["-", "ws://h/s", "2", ".", "/bin/cat"], "POLYGON_API_KEY"),
     (["--cafile", "/nonexistent", "k", "wss://h/s", "2", ".", "/bin/cat"], "--cafile"),
+    (["--max-message", "1024G", "k", "ws://h/s", "2", ".", "/bin/cat"], "more than this machine can hold"),
 ])
 def test_bad_arguments_one_line_and_exit_2(args, message):
     env = {k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "MASSIVE_API_KEY")}
