@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from balancer import frames, handshake, polygon
+import orjson
+
+from balancer import frames, handshake, logsafe, polygon
 from balancer.engine import NativeEngine
 from balancer.frames import Close, FrameDecoder, Ping, Pong, ProtocolError
 from balancer.router import Router, RouterError, RouteResult
@@ -25,6 +27,7 @@ from balancer.transport import ConnectError, SendFailed, Transport, describe, op
 from balancer.url import WebSocketURL
 
 log = logging.getLogger("lb")
+logsafe.install(log)  # no log line is the server's to write: escaped, cut, floods counted
 
 USER_AGENT = "trade-balancer-lb/0.1"
 
@@ -350,10 +353,12 @@ class Session:
         statuses, result.statuses = result.statuses, []
         unroutable, result.unroutable = result.unroutable, []
         for raw in unroutable:
-            log.warning("event without sym, not routed: %s", raw[:200])
+            kind, what = _what_sym(raw)
+            log.warning("event %s, not routed: %s", what, logsafe.untrusted(raw),
+                        extra=logsafe.limited(f"events with {kind}"))
         for status in statuses:
             self.stats.status_events += 1
-            log.info("status %s", polygon.describe(status))
+            log.info("status %s", polygon.describe(status), extra=logsafe.limited("status events", 20))
             was_streaming = self.polygon.phase is polygon.Phase.STREAMING
             for message in self.polygon.on_status(status):
                 self._send_text(message)
@@ -374,7 +379,8 @@ class Session:
             self.stats.server_closes += 1
             code = event.code if event.code is not None else frames.CLOSE_NORMAL
             self._send_close(code if code not in (1005, 1006, 1015) else frames.CLOSE_NORMAL, "")
-            self.end("close", f"server closed the websocket (code {event.code}, {event.reason!r})")
+            self.end("close", f"server closed the websocket (code {event.code}, "
+                              f"'{logsafe.untrusted(event.reason)}')")
 
     # -- sending -------------------------------------------------------------------------
 
@@ -399,6 +405,7 @@ class Session:
 
     def _tick(self) -> None:
         assert self._loop is not None
+        logsafe.GUARD.flush(log)  # the count lines of floods that have ended
         now = self._loop.time()
         cfg = self.config
         if self.polygon.phase is not polygon.Phase.STREAMING and now - self._opened_at > cfg.connect_timeout:
@@ -417,3 +424,19 @@ class Session:
             self.stats.pings += 1
             self._send(frames.encode_frame(frames.OP_PING, struct.pack(">Q", self._pings)))
         self._schedule_tick()
+
+
+def _what_sym(raw: bytes) -> tuple[str, str]:
+    """What an unroutable object's sym is: a kind (few: the rate-limit key) and its log text."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "unreadable", "without a readable sym"
+    if not isinstance(obj, dict) or "sym" not in obj:
+        return "no sym", "without sym"
+    sym = obj["sym"]
+    if sym is None:
+        return "sym null", "with sym null"
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "an array",
+            dict: "an object"}.get(type(sym), type(sym).__name__)
+    return f"sym {kind}", f"with sym {kind} ({logsafe.untrusted(orjson.dumps(sym), 40)}), not a string"
