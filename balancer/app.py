@@ -38,6 +38,10 @@ log = logging.getLogger("lb")
 
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 5.0
+# Seconds a connection must stream (and deliver) before the reconnect backoff resets;
+# $LB_HEALTHY_AFTER overrides it (tests that reconnect a hundred times set 0).
+HEALTHY_AFTER = float(os.environ.get("LB_HEALTHY_AFTER", "10"))
+RETRY_AFTER_MAX = 60.0  # the longest HTTP 429/503 Retry-After lb honours
 EVICTED_WAIT = 30.0
 AUTH_RETRY_WAIT = 2.0
 WORKER_QUICK_DEATH = 10.0
@@ -262,6 +266,10 @@ class Balancer:
                 self._count_end(exc.cause)
                 level = logging.INFO if exc.cause == "shutdown" else logging.WARNING
                 log.log(level, "disconnected (%s): %s", exc.cause, exc)
+                if exc.retry_after is not None:
+                    delay = min(RETRY_AFTER_MAX, exc.retry_after) * random.uniform(1.0, 1.1)
+                    log.info("the server asked to retry after %g s (Retry-After, honoured up to %g s)",
+                             exc.retry_after, RETRY_AFTER_MAX)
             except polygon.AuthFailed as exc:
                 self._count_end("auth_failed")
                 auth_failures += 1
@@ -281,9 +289,12 @@ class Balancer:
                 self.stats.connected = False
             if self.stopping:
                 break
+            # A connection that delivered a trade and then died at once is no proof the server is
+            # healthy: the backoff resets only after it streamed HEALTHY_AFTER seconds.
             if session.delivered:
-                failures = 0
-                auth_failures = 0
+                auth_failures = 0  # the key worked
+                if session.streamed_for() >= HEALTHY_AFTER:
+                    failures = 0
             if delay is None:
                 delay = 0.0 if failures == 0 else min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
                 delay *= random.uniform(0.8, 1.2)

@@ -33,6 +33,7 @@ USER_AGENT = "trade-balancer-lb/0.1"
 
 READ_SIZE = 512 * 1024  # per wake-up: bigger batches fall out of the CPU caches and add latency
 CLOSE_WAIT = 2.0  # seconds to wait for the server's reply to our close frame
+LINGER = 1.0  # after our close frame for a violation: seconds to drain the socket before closing
 HANDSHAKE_READ = 64 * 1024
 
 
@@ -50,11 +51,13 @@ class SessionConfig:
 
 
 class SessionEnded(Exception):
-    """The connection is over; ``cause`` names why, for logs and stats."""
+    """The connection is over; ``cause`` names why, for logs and stats. ``retry_after``: the
+    seconds the server asked lb to wait (HTTP 429/503 Retry-After), if it did."""
 
-    def __init__(self, cause: str, message: str) -> None:
+    def __init__(self, cause: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+        self.retry_after = retry_after
 
 
 class Output(Protocol):
@@ -103,6 +106,10 @@ class Session:
         self._on_streaming: Callable[[Session], None] | None = None
         self._frames_seen = 0
         self._close_sent = False
+        self._lingering: tuple[str, str] | None = None  # (cause, message) once a violation closed
+        self._scratch: memoryview | None = None  # what _drain reads into
+        self.streaming_since = 0.0  # loop time the subscription was confirmed
+        self.ended_at = 0.0
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -187,7 +194,7 @@ class Session:
                     self.decoder.feed(received[consumed:])
                     return
             except handshake.HandshakeError as exc:
-                raise SessionEnded("handshake", str(exc)) from None
+                raise SessionEnded("handshake", str(exc), exc.retry_after) from None
 
     async def _wait_readable(self, deadline: float, what: str) -> None:
         assert self.transport is not None and self._loop is not None
@@ -215,7 +222,16 @@ class Session:
         self._send_close(code, reason)
         self._loop.call_later(CLOSE_WAIT, self.end, "shutdown", f"{reason} (no close reply)")
 
+    def streamed_for(self) -> float:
+        """Seconds this connection streamed (subscribed) before it ended."""
+        if not self.streaming_since:
+            return 0.0
+        end = self.ended_at or (self._loop.time() if self._loop else self.streaming_since)
+        return max(0.0, end - self.streaming_since)
+
     def _stop(self) -> None:
+        if self._loop is not None:
+            self.ended_at = self._loop.time()
         if self._timer is not None:
             self._timer.cancel()
         if self.transport is not None:
@@ -252,7 +268,11 @@ class Session:
         transport = self.transport
         if transport is None or transport.closed or self._done is None or self._done.done():
             return
+        if self._lingering is not None:
+            self._drain(transport)
+            return
         decoder = self.decoder
+        frames_before = decoder.frames
         recv_into = transport.recv_into
         one_read = transport.info.mode != "userspace"
         got = 0
@@ -274,15 +294,12 @@ class Session:
         except BlockingIOError:
             pass
         except frames.AllocationFailed as exc:  # no room for the frame announced: route what came before
-            failure = ("memory", str(exc))
-            self._send_close(exc.close_code, "message too big")
+            self._close_and_linger(exc.close_code, "message too big", "memory", str(exc))
         except ssl.SSLError as exc:  # what was decrypted before it is routed below
             failure = ("tls", f"TLS error: {exc}")
         except OSError as exc:
             failure = ("reset", f"connection lost: {exc}")
         if got:
-            self._last_rx = self._loop.time() if self._loop else 0.0
-            self._ping_sent_at = None
             self.stats.bytes += got
             self.stats.reads += 1
         try:
@@ -293,31 +310,64 @@ class Session:
                 self.stats.messages += messages
             self._handle_events(decoder.events())
             decoder.check()
-            if failure is None and not eof:
+            if failure is None and not eof and self._lingering is None:
                 decoder.reserve()
         except frames.AllocationFailed as exc:
-            self._send_close(exc.close_code, "message too big")
-            self.end("memory", str(exc))
+            self._close_and_linger(exc.close_code, "message too big", "memory", str(exc))
         except MemoryError:  # the native engine or the router: end the connection, never wedge
-            self._send_close(frames.CLOSE_TOO_BIG, "out of memory")
-            self.end("memory", "cannot allocate memory while routing a message")
+            self._close_and_linger(frames.CLOSE_TOO_BIG, "out of memory", "memory",
+                                   "cannot allocate memory while routing a message")
         except ProtocolError as exc:
-            self._send_close(exc.close_code, "protocol error")
-            self.end("protocol", f"websocket protocol violation: {exc}")
+            self._close_and_linger(exc.close_code, "protocol error", "protocol",
+                                   f"websocket protocol violation: {exc}")
         except RouterError as exc:
-            self._send_close(frames.CLOSE_INVALID_DATA, "invalid payload")
-            self.end("badjson", str(exc))
+            self._close_and_linger(frames.CLOSE_INVALID_DATA, "invalid payload", "badjson", str(exc))
         except (polygon.AuthFailed, polygon.Evicted) as exc:
             self.fail(exc)
         except polygon.SessionError as exc:
             self.end("status", f"server said {exc}")
+        if decoder.frames != frames_before and self._loop is not None:
+            # Liveness is whole frames, not bytes: a server dribbling a byte at a time proves nothing.
+            self._last_rx = self._loop.time()
+            self._ping_sent_at = None
         if failure is not None:
             self.end(*failure)
+        elif eof and self._lingering is not None:
+            self.end(*self._lingering)  # the server closed after our close frame: nothing to wait for
         elif eof:
             cause = "shutdown" if self._close_sent else "eof"
             self.end(cause, "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
         elif self._reading and transport.pending() and self._loop is not None:
             self._loop.call_soon(self._on_readable)  # decrypted bytes wait in OpenSSL, not the socket
+
+    def _close_and_linger(self, code: int, reason: str, cause: str, message: str) -> None:
+        """Our close frame for a violation, then LINGER seconds at most of reading and discarding
+        until the server closes, so that a server still writing sees the close code, not a reset."""
+        self._send_close(code, reason)
+        if self._lingering is None:
+            self._lingering = (cause, message)
+            if self._loop is None:
+                self.end(cause, message)
+            else:
+                self._loop.call_later(LINGER, self.end, cause, message)
+
+    def _drain(self, transport: Transport) -> None:
+        assert self._lingering is not None
+        try:
+            if self._scratch is None:
+                self._scratch = memoryview(bytearray(HANDSHAKE_READ))
+            scratch = self._scratch
+            for _ in range(8):
+                if transport.recv_into(scratch) == 0:
+                    self.end(*self._lingering)
+                    return
+        except BlockingIOError:
+            return
+        except (ssl.SSLError, OSError, MemoryError):
+            self.end(*self._lingering)
+            return
+        if self._loop is not None:
+            self._loop.call_soon(self._on_readable)
 
     def _handle_events(self, events: list[frames.Event]) -> None:
         router = self.router
@@ -363,6 +413,7 @@ class Session:
             for message in self.polygon.on_status(status):
                 self._send_text(message)
             if not was_streaming and self.polygon.phase is polygon.Phase.STREAMING:
+                self.streaming_since = self._loop.time() if self._loop else 0.0
                 log.info("subscribed (%s) over %s", self.config.subscribe, self.stats.tls)
                 if self._on_streaming is not None:
                     self._on_streaming(self)

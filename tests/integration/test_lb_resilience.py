@@ -127,7 +127,10 @@ def children_of(pid: int) -> list[tuple[int, str]]:
 async def test_no_fd_or_memory_growth_and_no_zombies_across_100_reconnects(tmp_path, dump_worker):
     feed = Feed(3)
     async with PolyServer() as server:
-        lb = LbProcess(server.url(), 3, str(tmp_path), dump_worker, options=FAST).start(wait_ready=None)
+        # LB_HEALTHY_AFTER=0: one delivered message counts as a healthy connection, so the next
+        # reconnect is immediate (by default it takes 10 s streaming, see test_hostile_liveness)
+        lb = LbProcess(server.url(), 3, str(tmp_path), dump_worker, options=FAST,
+                       env={**os.environ, "LB_HEALTHY_AFTER": "0"}).start(wait_ready=None)
         samples = {}
         for n in range(1, 101):
             conn = await server.next_connection()
