@@ -38,9 +38,10 @@ log = logging.getLogger("lb")
 
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 5.0
-# Seconds a connection must stream (and deliver) before the reconnect backoff resets;
-# $LB_HEALTHY_AFTER overrides it (tests that reconnect a hundred times set 0).
-HEALTHY_AFTER = float(os.environ.get("LB_HEALTHY_AFTER", "10"))
+# Seconds a connection must stream, from the subscription to its last whole frame, before the
+# reconnect backoff resets; $LB_HEALTHY_AFTER overrides it (a test reconnecting 100 times sets 0).
+HEALTHY_AFTER = float(os.environ.get("LB_HEALTHY_AFTER", "0.5"))
+SHORT_LIVED_STEP = 2  # a connection that delivered but did not last: the backoff restarts at 0.5 s
 RETRY_AFTER_MAX = 60.0  # the longest HTTP 429/503 Retry-After lb honours
 EVICTED_WAIT = 30.0
 AUTH_RETRY_WAIT = 2.0
@@ -290,11 +291,12 @@ class Balancer:
             if self.stopping:
                 break
             # A connection that delivered a trade and then died at once is no proof the server is
-            # healthy: the backoff resets only after it streamed HEALTHY_AFTER seconds.
+            # healthy: the backoff resets only once it streamed HEALTHY_AFTER seconds.
             if session.delivered:
                 auth_failures = 0  # the key worked
-                if session.streamed_for() >= HEALTHY_AFTER:
-                    failures = 0
+                # healthy: reconnect at once; delivered but short-lived: no more than SHORT_LIVED_STEP
+                healthy = session.streamed_for() >= HEALTHY_AFTER
+                failures = 0 if healthy else min(failures, SHORT_LIVED_STEP)
             if delay is None:
                 delay = 0.0 if failures == 0 else min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
                 delay *= random.uniform(0.8, 1.2)

@@ -109,7 +109,6 @@ class Session:
         self._lingering: tuple[str, str] | None = None  # (cause, message) once a violation closed
         self._scratch: memoryview | None = None  # what _drain reads into
         self.streaming_since = 0.0  # loop time the subscription was confirmed
-        self.ended_at = 0.0
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -223,15 +222,12 @@ class Session:
         self._loop.call_later(CLOSE_WAIT, self.end, "shutdown", f"{reason} (no close reply)")
 
     def streamed_for(self) -> float:
-        """Seconds this connection streamed (subscribed) before it ended."""
+        """Seconds from the subscription's confirmation to the last whole frame received."""
         if not self.streaming_since:
             return 0.0
-        end = self.ended_at or (self._loop.time() if self._loop else self.streaming_since)
-        return max(0.0, end - self.streaming_since)
+        return max(0.0, self._last_rx - self.streaming_since)
 
     def _stop(self) -> None:
-        if self._loop is not None:
-            self.ended_at = self._loop.time()
         if self._timer is not None:
             self._timer.cancel()
         if self.transport is not None:

@@ -23,7 +23,7 @@ from tests.integration.hostile_helpers import (
     stop,
 )
 from tests.integration.hostile_server import HostileServer, Meter, acked, connected, rst, upgrade_reply
-from tests.integration.polyserver import PolyServer, server_frame, text
+from tests.integration.polyserver import PolyServer, server_frame, status, text
 from tests.integration.test_lb_feed import pipe_bytes
 
 
@@ -66,13 +66,16 @@ async def test_a_dribbling_server_is_not_alive(tmp_path, dump_worker):
 
 
 async def test_one_trade_then_reset_backs_off(tmp_path, dump_worker):
-    """Each connection delivers one trade and is reset: the backoff does not reset on that trade,
-    so reconnects (and log lines) over 6 s stay few."""
+    """Each connection subscribes, delivers one trade and is reset: the backoff does not reset on
+    that trade (a connection must stream 0.5 s; a short one restarts the backoff at 0.5 s), so
+    reconnects (and log lines) over 6 s stay few."""
     feed = Feed(7)
     one = [feed.frame(1) for _ in range(200)]
 
     async def upgrade(conn, head):
-        await conn.send(upgrade_reply(head) + connected() + text(one[min(server.attempts, len(one)) - 1]))
+        subscribed = text(status("auth_success", "authenticated")) + text(status("success", "subscribed"))
+        await conn.send(upgrade_reply(head) + connected() + subscribed
+                        + text(one[min(server.attempts, len(one)) - 1]))
         await acked(conn)
         rst(conn)
         return False
@@ -86,7 +89,7 @@ async def test_one_trade_then_reset_backs_off(tmp_path, dump_worker):
         assert lb.proc.poll() is None
         assert await stop(lb) == 0
     log = assert_clean_log(lb)
-    assert 3 <= server.attempts <= 15, figures
+    assert 3 <= server.attempts <= 16, figures  # at most one every 0.4 s (500 ms - 20%)
     assert figures["log_bytes"] < LOG_BOUND, figures
     assert count_lines(log, r"reconnecting in") >= 3
     # what each connection delivered reached its pipe whole (the last one may have been cut by
