@@ -170,11 +170,15 @@ async def test_lb_lingers_after_its_close_frame_for_a_violation(tmp_path, dump_w
         await conn.send(server_frame(0x1, b"x", rsv=0x40))  # a reserved bit: protocol error
         loop = asyncio.get_running_loop()
         end = loop.time() + 3
-        with contextlib.suppress(ConnectionError, OSError):
+        reset = None
+        try:
             while loop.time() < end and not any(f.opcode == 0x8 for f in conn.received):
                 conn.writer.write(flood)
                 await conn.writer.drain()
                 await asyncio.sleep(0.01)
+        except (ConnectionError, OSError) as exc:
+            reset = exc
+        assert reset is None, f"lb reset the connection instead of lingering: {reset!r}"
         close = await conn.wait_frame(0x8, 5)
         assert close.payload[:2] == struct.pack(">H", 1002)
         conn2 = await server.next_connection(20)
