@@ -7,7 +7,7 @@ status events (handed back to the session) or counted as unroutable.
 
 Fast path, for Polygon's exact layout ``[{"ev":"T","sym":"...},{"ev":"T",...}]``:
 one ``bytes.split`` on ``},{"e`` cuts the array into one piece per object; a dict
-keyed by ``"sym":"`` plus the next 8 bytes of each piece maps straight to the pending
+keyed by each piece's first 22 bytes (``v":"T","sym":"`` and the next 8) maps straight to the pending
 list of the pipe that symbol hashes to, and the whole dispatch runs inside C
 iterators (``map``/``deque``) with no Python bytecode per trade. Batches are
 assembled by interleaving precomputed ``}`` + length + ``{"e`` separators with the
