@@ -41,11 +41,17 @@ from balancer.supervisor import (
     reap_children,
     spawn,
 )
+from balancer.units import format_bytes
 
 log = logging.getLogger("lb")
 
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 5.0
+# Seconds a connection must stream, from the subscription to its last whole frame, before the
+# reconnect backoff resets; $LB_HEALTHY_AFTER overrides it (a test reconnecting 100 times sets 0).
+HEALTHY_AFTER = float(os.environ.get("LB_HEALTHY_AFTER", "0.5"))
+SHORT_LIVED_STEP = 2  # a connection that delivered but did not last: the backoff restarts at 0.5 s
+RETRY_AFTER_MAX = 60.0  # the longest HTTP 429/503 Retry-After lb honours
 EVICTED_WAIT = 30.0
 AUTH_RETRY_WAIT = 2.0
 WORKER_QUICK_DEATH = 10.0
@@ -63,15 +69,6 @@ def _pgid(pid: int) -> int:
         return os.getpgid(pid)
     except OSError:
         return 0
-
-
-def format_bytes(n: float) -> str:
-    """Binary units, as the size options take them: 4M is "4.0 MiB"."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def release_free_memory() -> None:
@@ -362,6 +359,10 @@ class Balancer:
                 else:
                     self.stats.cert_failures = 0
                 log.log(level, "disconnected (%s): %s", exc.cause, exc)
+                if exc.retry_after is not None:
+                    delay = min(RETRY_AFTER_MAX, exc.retry_after) * random.uniform(1.0, 1.1)
+                    log.info("the server asked to retry after %g s (Retry-After, honoured up to %g s)",
+                             exc.retry_after, RETRY_AFTER_MAX)
             except polygon.AuthFailed as exc:
                 self._count_end(Cause.AUTH_FAILED)
                 auth_failures += 1
@@ -381,9 +382,13 @@ class Balancer:
                 self.stats.connected = False
             if self.stopping:
                 break
+            # A connection that delivered a trade and then died at once is no proof the server is
+            # healthy: the backoff resets only once it streamed HEALTHY_AFTER seconds.
             if session.delivered:
-                failures = 0
-                auth_failures = 0
+                auth_failures = 0  # the key worked
+                # healthy: reconnect at once; delivered but short-lived: no more than SHORT_LIVED_STEP
+                healthy = session.streamed_for() >= HEALTHY_AFTER
+                failures = 0 if healthy else min(failures, SHORT_LIVED_STEP)
             if delay is None:
                 delay = 0.0 if failures == 0 else min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
                 delay *= random.uniform(0.8, 1.2)

@@ -38,6 +38,9 @@ class Cause(StrEnum):
     """A Polygon status message lb cannot go on after."""
     UNREAD = "unread"
     """The server stopped reading what lb sends (pongs, close) for too long."""
+    MEMORY = "memory"
+    """lb could not allocate room for a message the server announced (the connection ends,
+    lb goes on)."""
     AUTH_FAILED = "auth_failed"
     """The key was refused (lb exits 3)."""
     EVICTED = "evicted"

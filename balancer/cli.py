@@ -10,7 +10,7 @@ import sys
 from typing import Any, NoReturn
 
 from balancer.config import EXIT_USAGE, Config, TlsRequest
-from balancer.units import duration, parse_size, positive_duration, size
+from balancer.units import duration, format_bytes, parse_size, positive_duration, size
 from balancer.url import URLError, parse_url
 from balancer.version import add_version_option
 
@@ -47,6 +47,41 @@ def _listen_address(text: str) -> tuple[str, int]:
         return parse_listen(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# A message can be held up to about four times while it is received and routed (the receive
+# buffer, a fragmented message's reassembly, the message, the routed copies): --max-message may
+# be at most this fraction of the memory lb can have (RAM, or RLIMIT_AS when lower).
+MESSAGE_MEMORY_SHARE = 4
+
+
+def memory_limit() -> int:
+    """Bytes of memory lb can hold: physical RAM, or the address-space limit when it is lower."""
+    try:
+        limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        limit = 1 << 62
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY and soft > 0:
+        limit = min(limit, soft)
+    return limit
+
+
+def parse_max_message(text: str) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    bound = memory_limit() // MESSAGE_MEMORY_SHARE
+    if size > bound:  # the value is not repeated: it could be a misplaced key
+        raise argparse.ArgumentTypeError(
+            f"more than this machine can hold: at most {format_bytes(bound)} "
+            f"(a quarter of {format_bytes(memory_limit())} of memory)")
+    return size
+
+
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                       default=os.environ.get("LB_ENGINE", "auto"),
                       help="data path: native (compiled balancer._speedups), python, or auto: native when "
                            "built (default: $LB_ENGINE or auto)")
-    feed.add_argument("--max-message", metavar="SIZE", type=size, default=64 << 20,
-                      help="largest websocket message accepted (default: 64M)")
+    feed.add_argument("--max-message", metavar="SIZE", type=parse_max_message, default=64 << 20,
+                      help="largest websocket message accepted, at most a quarter of the memory "
+                           "(RAM or RLIMIT_AS) (default: 64M)")
     pipes = p.add_argument_group("pipes")
     pipes.add_argument("--pipe-size", metavar="SIZE", type=size, default=1 << 30,
                        help="pipe buffer to ask for, halved until the kernel agrees (default: 1G; "

@@ -31,6 +31,9 @@ CLOSE_TOO_BIG = 1009
 _VALID_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 
 DEFAULT_BUFFER = 8 * 1024 * 1024
+# What each fragment of a fragmented message counts toward --max-message besides its payload:
+# the smallest frame header, so that empty continuation frames are never free.
+FRAGMENT_COST = 2
 MIN_READ = 1024 * 1024
 
 
@@ -40,6 +43,14 @@ class ProtocolError(Exception):
     def __init__(self, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.close_code = close_code
+
+
+class AllocationFailed(ProtocolError):
+    """No memory for a message the server announced (within --max-message): the connection ends
+    like on any other error, the decoder stays usable for the next one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, CLOSE_TOO_BIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +101,10 @@ class FrameDecoder:
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received bytes
         self._need = 0  # bytes the frame at _start needs in all, when incomplete
-        self._fragments: list[bytes] | None = None
-        self._fragments_size = 0
+        # The unfinished fragmented message: one growing buffer, never a list of fragments, so
+        # its memory is its size (plus bytearray's slack) however small the fragments.
+        self._fragments: bytearray | None = None
+        self._fragments_size = 0  # what it counts toward --max-message: payload and fragment headers
         self._fragments_opcode = 0
         self.closed = False  # a close frame was seen; nothing after it is parsed
         self.error: ProtocolError | None = None  # set once; nothing after it is parsed
@@ -112,10 +125,22 @@ class FrameDecoder:
         need = max(self._need, self._end - self._start) + MIN_READ
         if capacity - self._end < MIN_READ or capacity - self._start < need:
             if need > capacity:
-                self._replace_buffer(max(need, 2 * capacity))
+                size = max(need, min(2 * capacity, self.max_message + 14 + MIN_READ))  # not far past a frame
+                try:
+                    self._replace_buffer(size)
+                except MemoryError:
+                    raise AllocationFailed(
+                        f"cannot allocate {size} bytes for a {self._need}-byte frame "
+                        f"(--max-message {self.max_message})") from None
             else:
                 self._compact()
         return self._view[self._end :]
+
+    def reserve(self) -> None:
+        """Make room now for a frame whose header announced more than the buffer holds, so that
+        an allocation failure (AllocationFailed) shows at once, not when more bytes arrive."""
+        if self._need + MIN_READ > len(self._buf) and self.error is None and not self.closed:
+            self.recv_buffer()
 
     def commit(self, nbytes: int) -> None:
         """``nbytes`` were written at the start of the last ``recv_buffer()``."""
@@ -137,12 +162,15 @@ class FrameDecoder:
         self._start, self._end = 0, len(tail)
 
     def _replace_buffer(self, size: int) -> None:
-        tail = bytes(self._view[self._start : self._end])
+        # Allocate first: a MemoryError here leaves the decoder exactly as it was (buffer, view
+        # and positions intact), so the session can end the connection and the next one reuse it.
+        new = bytearray(size)
+        n = self._end - self._start
+        new[:n] = self._view[self._start : self._end]
         self._view.release()
-        self._buf = bytearray(size)
-        self._buf[: len(tail)] = tail
-        self._view = memoryview(self._buf)
-        self._start, self._end = 0, len(tail)
+        self._buf = new
+        self._view = memoryview(new)
+        self._start, self._end = 0, n
 
     def events(self) -> list[Event]:
         """Every complete event in the buffer, in order.
@@ -158,6 +186,12 @@ class FrameDecoder:
             self._parse(out)
         except ProtocolError as exc:
             self.error = exc
+            self._start = self._end
+        except MemoryError:  # a message's bytes or its reassembly: the events before it stand
+            self.error = AllocationFailed(
+                f"cannot allocate memory for a {self._fragments_size or self._need}-byte message "
+                f"(--max-message {self.max_message})")
+            self._fragments = None
             self._start = self._end
         return out
 
@@ -228,7 +262,13 @@ class FrameDecoder:
             return
         if length >> 63:
             raise ProtocolError("64-bit frame length with the most significant bit set")
-        total = length + (self._fragments_size if opcode == OP_CONTINUATION else 0)
+        # A fragment of a fragmented message costs its header too (FRAGMENT_COST), so an endless run
+        # of empty continuation frames reaches --max-message like any other large message.
+        total = length
+        if opcode == OP_CONTINUATION:
+            total += self._fragments_size + FRAGMENT_COST
+        elif not fin:
+            total += FRAGMENT_COST
         if total > self.max_message:
             raise ProtocolError(
                 f"message of {total} bytes or more exceeds --max-message {self.max_message}",
@@ -243,18 +283,18 @@ class FrameDecoder:
                 raise ProtocolError("new data frame while a fragmented message is unfinished")
             if fin:
                 return self._message(opcode, payload)
-            self._fragments = [payload]
-            self._fragments_size = len(payload)
+            self._fragments = bytearray(payload)
+            self._fragments_size = len(payload) + FRAGMENT_COST
             self._fragments_opcode = opcode
             return None
         if opcode == OP_CONTINUATION:
             if self._fragments is None:
                 raise ProtocolError("continuation frame with no message to continue")
-            self._fragments.append(payload)
-            self._fragments_size += len(payload)
+            self._fragments += payload
+            self._fragments_size += len(payload) + FRAGMENT_COST
             if not fin:
                 return None
-            message = b"".join(self._fragments)
+            message = bytes(self._fragments)
             self._fragments = None
             self._fragments_size = 0
             return self._message(self._fragments_opcode, message)

@@ -6,8 +6,10 @@ Pure: bytes in, bytes or a verdict out.
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -15,7 +17,28 @@ MAX_RESPONSE_HEAD = 16 * 1024
 
 
 class HandshakeError(Exception):
-    """The server's reply is not a valid websocket upgrade."""
+    """The server's reply is not a valid websocket upgrade. ``retry_after``: the seconds a 429 or
+    503 reply's Retry-After asked for (None when it gave none, or an unreadable one)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After value: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def new_key() -> str:
@@ -82,7 +105,8 @@ def parse_response_head(data: bytes | bytearray) -> tuple[Response, int] | None:
 def check_response(response: Response, key: str) -> None:
     """Raise HandshakeError naming what is wrong unless this is a valid 101 upgrade."""
     if response.status != 101:
-        raise HandshakeError(f"server refused the upgrade: {response.status_line!r}")
+        wait = retry_after(response.header("retry-after")) if response.status in (429, 503) else None
+        raise HandshakeError(f"server refused the upgrade: {response.status_line!r}", wait)
     upgrade = response.header("upgrade")
     if upgrade is None or upgrade.lower() != "websocket":
         raise HandshakeError(f"bad Upgrade header {upgrade!r} in {response.status_line!r}")

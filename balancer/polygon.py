@@ -9,6 +9,8 @@ import enum
 import json
 from typing import Any
 
+from balancer.logsafe import untrusted
+
 
 class AuthFailed(Exception):
     """The server rejected the API key."""
@@ -37,7 +39,8 @@ def subscribe_message(params: str) -> bytes:
 
 
 def describe(event: dict[str, Any]) -> str:
-    return f"{event.get('status')!s}: {event.get('message', '')!s}"
+    """A status event for a log line: the server's text escaped and cut (logsafe.untrusted)."""
+    return f"{untrusted(event.get('status'), 40)}: {untrusted(event.get('message', ''))}"
 
 
 class PolygonSession:

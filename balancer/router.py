@@ -7,27 +7,50 @@ status events (handed back to the session) or counted as unroutable.
 
 Fast path, for Polygon's exact layout ``[{"ev":"T","sym":"...},{"ev":"T",...}]``:
 one ``bytes.split`` on ``},{"e`` cuts the array into one piece per object; a dict
-keyed by ``"sym":"`` plus the next 8 bytes of each piece maps straight to the pending
+keyed by each piece's first 22 bytes (``v":"T","sym":"`` and the next 8) maps straight to the pending
 list of the pipe that symbol hashes to, and the whole dispatch runs inside C
 iterators (``map``/``deque``) with no Python bytecode per trade. Batches are
 assembled by interleaving precomputed ``}`` + length + ``{"e`` separators with the
 pieces, one ``b"".join`` per pipe.
 
-Why the fast path is exact: it is taken only when the payload starts with
-``[{"ev":"T","sym":"``, ends with ``}]`` and holds exactly one ``{`` per piece, and
-every piece has ``"sym":"`` at the fixed offset. In valid JSON the ``{`` of every
-split point is structural (the ``"`` after it would end any string it sat in,
-leaving invalid JSON), so one ``{`` per piece means there are no other objects at
-all: every split point is a top-level boundary and every piece one whole object,
-whose ``sym`` key sits where the key says. Symbols with a backslash escape, or too
-long for the cache key, are resolved exactly per piece; everything else (other
-layouts, whitespace, nesting) goes through ``orjson`` and a string-aware scan for
-the objects' byte spans. The fast path checks structure, not the syntax of every
-number inside a trade (the C original checks neither).
+Why the fast path is exact (on valid JSON; RFC 8259 requires UTF-8, see below for what is
+done with bytes that are not). The fast path is taken only when (a) the payload starts with
+``[{"ev":"T","sym":"`` and ends with ``}]``, (b) it holds exactly one ``{`` byte per piece, and
+(c) every piece starts with ``v":"T","sym":"`` (so every object starts with the 17 bytes
+``{"ev":"T","sym":"``: the cache key covers all of them, see _KeyCache). Then:
+
+1. Every split point ``},{"e`` is structural. Were its ``{`` inside a string, the ``"`` right
+   after it (unescaped: the byte before it is ``{``, not a backslash) would end that string, and
+   a string followed by ``e`` is not valid JSON. So the ``{`` is outside any string, and so is
+   the ``}`` before it (inside a string, the string would still be open at the ``"``).
+2. By (b) the ``{`` bytes are exactly the first one and one per split point: there are no other
+   objects, nested or in strings. Each structural ``}`` therefore closes one of these objects;
+   the ``}`` of a split point closes the object opened at the previous split (arrays opened
+   inside it must close first), and the ``,{`` after it opens the next element of the same
+   array. The first object is an element of the top-level array, so by induction every piece is
+   one whole top-level element, and the final ``}]`` closes the last object and the array.
+3. By (c) every object's bytes begin ``{"ev":"T","sym":"``. Read as JSON tokens from the
+   structural ``{``: the string ``"ev"`` (no quote or backslash inside), ``:``, the string
+   ``"T"``, ``,``, the string ``"sym"``, ``:``, and an opening ``"``. No byte of these 17 can be
+   anything else, so ``sym`` is the object's second key and its first ``sym`` key, and its
+   value is a string starting at offset 17. A key such as ``"evabcde\"sym"`` cannot pass (c).
+4. That string ends at its first unescaped ``"``. The symbol is taken as the bytes up to the
+   first ``"`` only when none of them is a backslash; otherwise (or when the symbol is too long
+   for the cache key) the piece is resolved per piece, and any doubt goes to the slow path.
+
+So the fast path routes every object by its first ``sym`` key, the rule of the slow path too
+(duplicate keys: RFC 8259 leaves the choice open; the first wins, as in the C original).
+Everything else (other layouts, whitespace, nesting) goes through ``orjson`` and a string-aware
+scan for the objects' byte spans. The fast path checks structure, not the syntax of every number
+inside a trade (the C original checks neither), and it does not validate UTF-8: bytes that are
+not UTF-8 pass through byte-identical. The slow path does the same (its JSON parse falls back to
+one that keeps undecodable bytes as they are), so the same trades have the same outcome whatever
+the layout of the message they came in.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from array import array
@@ -51,13 +74,13 @@ REST = HEAD[CUT:]  # 'v":"T","sym":"': how every piece starts in Polygon's layou
 FAST_OVERHEAD = 4 + CUT + 1  # length prefix, '{"e', closing brace
 SLOW_OVERHEAD = 4
 
-# The cache key: '"sym":"' and the next 8 bytes, so symbols of up to 7 bytes resolve from the
-# key alone. The 7 bytes before it ('v":"T",') need no check: in valid JSON whose objects are
-# all flat (see route), a '"' at that offset can only open the key "sym" of the object itself.
+# The cache key: the whole of REST ('v":"T","sym":"') and the next 8 bytes, so symbols of up
+# to 7 bytes resolve from the key alone. Every byte before the symbol is part of the key: a
+# cached key proves the piece starts with REST (step 3 of the proof above).
 SYM_KEY = b'"sym":"'
 KEY_START = REST.index(SYM_KEY)
-KEY_SYMBOL = KEY_START + len(SYM_KEY)  # offset of the symbol in a piece
-KEY_LEN = len(SYM_KEY) + 8
+KEY_SYMBOL = len(REST)  # offset of the symbol in a piece
+KEY_LEN = KEY_SYMBOL + 8
 CACHE_LIMIT = 1 << 20
 
 FNV_OFFSET = 0xCBF29CE484222325
@@ -71,7 +94,7 @@ def _count_open_braces(payload: bytes) -> int:
     """Number of ``{`` bytes: numpy's vectorised compare is ~4x cheaper than bytes.count here."""
     return _count_nonzero(_frombuffer(payload, _uint8) == 0x7B)  # type: ignore[no-any-return]
 
-_key_of = itemgetter(slice(KEY_START, KEY_START + KEY_LEN))
+_key_of = itemgetter(slice(0, KEY_LEN))
 _count_nonzero = numpy.count_nonzero
 _frombuffer = numpy.frombuffer
 _uint8 = numpy.uint8
@@ -144,9 +167,9 @@ class _KeyCache(dict[bytes, list[bytes]]):
         self._unresolved = unresolved
 
     def __missing__(self, key: bytes) -> list[bytes]:
-        start = len(SYM_KEY)
+        start = KEY_SYMBOL
         end = key.find(b'"', start)
-        if not key.startswith(SYM_KEY) or end < 0 or b"\\" in key[start:end]:
+        if not key.startswith(REST) or end < 0 or b"\\" in key[start:end]:
             target = self._unresolved  # other layout, long symbol, escape: resolve per piece
         else:
             target = self._pending[pipe_for(key[start:end], len(self._pending))]
@@ -200,7 +223,7 @@ class Router:
         targets = []
         for piece in pieces:
             end = piece.find(b'"', KEY_SYMBOL)
-            if piece[KEY_START:KEY_SYMBOL] != SYM_KEY or end < 0 or b"\\" in piece[KEY_SYMBOL:end]:
+            if not piece.startswith(REST) or end < 0 or b"\\" in piece[KEY_SYMBOL:end]:
                 self._route_slow(payload, result)
                 return
             targets.append(self._pending[self._pipe(piece[KEY_SYMBOL:end])])
@@ -218,10 +241,7 @@ class Router:
         return pipe
 
     def _route_slow(self, payload: bytes, result: RouteResult) -> None:
-        try:
-            document = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise RouterError(f"payload is not valid JSON ({exc}): {_excerpt(payload)}") from None
+        document = _parse(payload)
         if not isinstance(document, list) or not all(isinstance(o, dict) for o in document):
             raise RouterError(f"payload is not a JSON array of objects: {_excerpt(payload)}")
         spans = object_spans(payload)
@@ -231,7 +251,7 @@ class Router:
         for obj, (start, stop) in zip(document, spans, strict=True):
             symbol = obj.get("sym")
             if isinstance(symbol, str):
-                self._append_framed(self._pipe(symbol.encode()), payload[start:stop])
+                self._append_framed(self._pipe(_symbol_bytes(symbol)), payload[start:stop])
                 routed += 1
             elif obj.get("ev") == "status":
                 result.statuses.append(obj)
@@ -279,6 +299,57 @@ class Router:
                 batches.append((pipe, chunks[pipe]))
                 chunks[pipe] = []
         return batches
+
+
+def _parse(payload: bytes) -> Any:
+    """The payload as JSON, with the rules the fast path follows: the first of duplicate keys
+    wins, and bytes that are not UTF-8 are kept (as surrogate escapes, see _symbol_bytes)."""
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return _parse_exactly(payload, exc)  # invalid UTF-8: the lenient parse decides
+        raise RouterError(f"payload is not valid JSON ({exc}): {_excerpt(payload)}") from None
+    # orjson keeps the last of duplicate keys. A duplicate "sym" needs two "sym" keys in one
+    # object; spelled without a \u escape each key is the 5 bytes '"sym"', so when those bytes
+    # occur exactly once per object that has a sym (and no \u escape occurs), there is none.
+    if isinstance(document, list) and (
+        b"\\u" in payload
+        or payload.count(b'"sym"') != sum(1 for o in document if isinstance(o, dict) and "sym" in o)
+    ):
+        return _parse_exactly(payload, None)
+    return document
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        obj.setdefault(key, value)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_exactly(payload: bytes, orjson_error: Exception | None) -> Any:
+    """The stdlib parser, first key wins, undecodable bytes kept as lone surrogates (rare)."""
+    try:
+        return json.loads(payload.decode("utf-8", "surrogateescape"), object_pairs_hook=_first_wins,
+                          parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = orjson_error or exc
+        raise RouterError(f"payload is not valid JSON ({reason}): {_excerpt(payload)}") from None
+
+
+def _symbol_bytes(symbol: str) -> bytes:
+    """The symbol's bytes as the fast path hashes them (undecodable bytes as they came)."""
+    try:
+        return symbol.encode()
+    except UnicodeEncodeError:
+        return symbol.encode("utf-8", "surrogateescape")
 
 
 _STRING_OR_BRACE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]', re.DOTALL)

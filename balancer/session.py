@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from balancer import frames, handshake, polygon
+import orjson
+
+from balancer import frames, handshake, logsafe, polygon
 from balancer.causes import Cause, read_failure
 from balancer.config import TlsMode
 from balancer.engine import NativeEngine
@@ -28,11 +30,13 @@ from balancer.url import WebSocketURL
 from balancer.version import VERSION
 
 log = logging.getLogger("lb")
+logsafe.install(log)  # no log line is the server's to write: escaped, cut, floods counted
 
 USER_AGENT = f"trade-balancer-lb/{VERSION}"
 
 READ_SIZE = 512 * 1024  # per wake-up: bigger batches fall out of the CPU caches and add latency
 CLOSE_WAIT = 2.0  # seconds to wait for the server's reply to our close frame
+LINGER = 1.0  # after our close frame for a violation: seconds to drain the socket before closing
 HANDSHAKE_READ = 64 * 1024
 
 
@@ -50,11 +54,13 @@ class SessionConfig:
 
 
 class SessionEnded(Exception):
-    """The connection is over; ``cause`` names why, for logs and stats."""
+    """The connection is over; ``cause`` names why, for logs and stats. ``retry_after``: the
+    seconds the server asked lb to wait (HTTP 429/503 Retry-After), if it did."""
 
-    def __init__(self, cause: Cause, message: str) -> None:
+    def __init__(self, cause: Cause, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+        self.retry_after = retry_after
 
 
 class Output(Protocol):
@@ -104,6 +110,9 @@ class Session:
         self._on_streaming: Callable[[Session], None] | None = None
         self._frames_seen = 0
         self._close_sent = False
+        self._lingering: tuple[str, str] | None = None  # (cause, message) once a violation closed
+        self._scratch: memoryview | None = None  # what _drain reads into
+        self.streaming_since = 0.0  # loop time the subscription was confirmed
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -189,7 +198,7 @@ class Session:
                     self.decoder.feed(received[consumed:])
                     return
             except handshake.HandshakeError as exc:
-                raise SessionEnded(Cause.HANDSHAKE, str(exc)) from None
+                raise SessionEnded(Cause.HANDSHAKE, str(exc), exc.retry_after) from None
 
     async def _wait_readable(self, deadline: float, what: str) -> None:
         assert self.transport is not None and self._loop is not None
@@ -223,6 +232,12 @@ class Session:
         if self._paused:
             self.resume_reading()
         self._loop.call_later(wait, self.end, Cause.SHUTDOWN, f"{reason} (no close reply)")
+
+    def streamed_for(self) -> float:
+        """Seconds from the subscription's confirmation to the last whole frame received."""
+        if not self.streaming_since:
+            return 0.0
+        return max(0.0, self._last_rx - self.streaming_since)
 
     def _stop(self) -> None:
         if self._timer is not None:
@@ -261,7 +276,11 @@ class Session:
         transport = self.transport
         if transport is None or transport.closed or self._done is None or self._done.done():
             return
+        if self._lingering is not None:
+            self._drain(transport)
+            return
         decoder = self.decoder
+        frames_before = decoder.frames
         recv_into = transport.recv_into
         one_read = transport.info.mode != "userspace"
         got = 0
@@ -282,12 +301,12 @@ class Session:
                     break
         except BlockingIOError:
             pass
+        except frames.AllocationFailed as exc:  # no room for the frame announced: route what came before
+            self._close_and_linger(exc.close_code, "message too big", Cause.MEMORY, str(exc))
         except OSError as exc:  # what was decrypted before it is routed below
             cause = read_failure(exc)  # ssl.SSLError and KtlsError are tls, not reset
             failure = (cause, f"TLS error: {exc}" if cause is Cause.TLS else f"connection lost: {exc}")
         if got:
-            self._last_rx = self._loop.time() if self._loop else 0.0
-            self._ping_sent_at = None
             self.stats.bytes += got
             self.stats.reads += 1
         try:
@@ -298,23 +317,64 @@ class Session:
                 self.stats.messages += messages
             self._handle_events(decoder.events())
             decoder.check()
+            if failure is None and not eof and self._lingering is None:
+                decoder.reserve()
+        except frames.AllocationFailed as exc:
+            self._close_and_linger(exc.close_code, "message too big", Cause.MEMORY, str(exc))
+        except MemoryError:  # the native engine or the router: end the connection, never wedge
+            self._close_and_linger(frames.CLOSE_TOO_BIG, "out of memory", Cause.MEMORY,
+                                   "cannot allocate memory while routing a message")
         except ProtocolError as exc:
-            self._send_close(exc.close_code, "protocol error")
-            self.end(Cause.PROTOCOL, f"websocket protocol violation: {exc}")
+            self._close_and_linger(exc.close_code, "protocol error", Cause.PROTOCOL,
+                                   f"websocket protocol violation: {exc}")
         except RouterError as exc:
-            self._send_close(frames.CLOSE_INVALID_DATA, "invalid payload")
-            self.end(Cause.BADJSON, str(exc))
+            self._close_and_linger(frames.CLOSE_INVALID_DATA, "invalid payload", Cause.BADJSON, str(exc))
         except (polygon.AuthFailed, polygon.Evicted) as exc:
             self.fail(exc)
         except polygon.SessionError as exc:
             self.end(Cause.STATUS, f"server said {exc}")
+        if decoder.frames != frames_before and self._loop is not None:
+            # Liveness is whole frames, not bytes: a server dribbling a byte at a time proves nothing.
+            self._last_rx = self._loop.time()
+            self._ping_sent_at = None
         if failure is not None:
             self.end(*failure)
+        elif eof and self._lingering is not None:
+            self.end(*self._lingering)  # the server closed after our close frame: nothing to wait for
         elif eof:
             cause = Cause.SHUTDOWN if self._close_sent else Cause.EOF
             self.end(cause, "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
         elif self._reading and transport.pending() and self._loop is not None:
             self._loop.call_soon(self._on_readable)  # decrypted bytes wait in OpenSSL, not the socket
+
+    def _close_and_linger(self, code: int, reason: str, cause: str, message: str) -> None:
+        """Our close frame for a violation, then LINGER seconds at most of reading and discarding
+        until the server closes, so that a server still writing sees the close code, not a reset."""
+        self._send_close(code, reason)
+        if self._lingering is None:
+            self._lingering = (cause, message)
+            if self._loop is None:
+                self.end(cause, message)
+            else:
+                self._loop.call_later(LINGER, self.end, cause, message)
+
+    def _drain(self, transport: Transport) -> None:
+        assert self._lingering is not None
+        try:
+            if self._scratch is None:
+                self._scratch = memoryview(bytearray(HANDSHAKE_READ))
+            scratch = self._scratch
+            for _ in range(8):
+                if transport.recv_into(scratch) == 0:
+                    self.end(*self._lingering)
+                    return
+        except BlockingIOError:
+            return
+        except (ssl.SSLError, OSError, MemoryError):
+            self.end(*self._lingering)
+            return
+        if self._loop is not None:
+            self._loop.call_soon(self._on_readable)
 
     def _handle_events(self, events: list[frames.Event]) -> None:
         router = self.router
@@ -350,14 +410,17 @@ class Session:
         statuses, result.statuses = result.statuses, []
         unroutable, result.unroutable = result.unroutable, []
         for raw in unroutable:
-            log.warning("event without sym, not routed: %s", raw[:200])
+            kind, what = _what_sym(raw)
+            log.warning("event %s, not routed: %s", what, logsafe.untrusted(raw),
+                        extra=logsafe.limited(f"events with {kind}"))
         for status in statuses:
             self.stats.status_events += 1
-            log.info("status %s", polygon.describe(status))
+            log.info("status %s", polygon.describe(status), extra=logsafe.limited("status events", 20))
             was_streaming = self.polygon.phase is polygon.Phase.STREAMING
             for message in self.polygon.on_status(status):
                 self._send_text(message)
             if not was_streaming and self.polygon.phase is polygon.Phase.STREAMING:
+                self.streaming_since = self._loop.time() if self._loop else 0.0
                 log.info("subscribed (%s) over %s", self.config.subscribe, self.stats.tls)
                 if self._on_streaming is not None:
                     self._on_streaming(self)
@@ -376,7 +439,8 @@ class Session:
             self.stats.server_closes += 1
             code = event.code if event.code is not None else frames.CLOSE_NORMAL
             self._send_close(code if code not in (1005, 1006, 1015) else frames.CLOSE_NORMAL, "")
-            self.end(Cause.CLOSE, f"server closed the websocket (code {event.code}, {event.reason!r})")
+            self.end(Cause.CLOSE, f"server closed the websocket (code {event.code}, "
+                              f"'{logsafe.untrusted(event.reason)}')")
 
     # -- sending -------------------------------------------------------------------------
 
@@ -401,6 +465,7 @@ class Session:
 
     def _tick(self) -> None:
         assert self._loop is not None
+        logsafe.GUARD.flush(log)  # the count lines of floods that have ended
         now = self._loop.time()
         cfg = self.config
         if self.polygon.phase is not polygon.Phase.STREAMING and now - self._opened_at > cfg.connect_timeout:
@@ -419,3 +484,19 @@ class Session:
             self.stats.pings += 1
             self._send(frames.encode_frame(frames.OP_PING, struct.pack(">Q", self._pings)))
         self._schedule_tick()
+
+
+def _what_sym(raw: bytes) -> tuple[str, str]:
+    """What an unroutable object's sym is: a kind (few: the rate-limit key) and its log text."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "unreadable", "without a readable sym"
+    if not isinstance(obj, dict) or "sym" not in obj:
+        return "no sym", "without sym"
+    sym = obj["sym"]
+    if sym is None:
+        return "sym null", "with sym null"
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "an array",
+            dict: "an object"}.get(type(sym), type(sym).__name__)
+    return f"sym {kind}", f"with sym {kind} ({logsafe.untrusted(orjson.dumps(sym), 40)}), not a string"

@@ -66,6 +66,15 @@ def format_size(size: int) -> str:
     return str(size)
 
 
+def format_bytes(n: float) -> str:
+    """Binary units, as the size options take them: 4M is "4.0 MiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
 def format_duration(seconds: float) -> str:
     """A spelling ``parse_duration`` reads back: 500ms, 20s, 5m."""
     if 0 < seconds < 1:

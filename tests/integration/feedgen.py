@@ -20,7 +20,7 @@ def fnv1a_64(data: bytes) -> int:
 
 
 def pipe_of(symbol: str, npipes: int) -> int:
-    return (fnv1a_64(symbol.encode()) >> 32) % npipes
+    return (fnv1a_64(symbol.encode("utf-8", "surrogateescape")) >> 32) % npipes  # as sent
 
 
 def trade(symbol: str, q: int, rng: random.Random, extra: bool = False) -> bytes:

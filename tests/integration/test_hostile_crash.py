@@ -121,7 +121,6 @@ async def _fragments_until_closed(conn, first: bytes, piece: bytes, seconds: flo
     return any(f.opcode == 0x8 for f in conn.received) or conn.closed.is_set()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 3: not fixed yet")
 async def test_endless_empty_fragments_end_the_connection(tmp_path, dump_worker):
     """Item 3: zero-length continuation frames count toward --max-message."""
     feed = Feed(7)
@@ -224,7 +223,6 @@ def _vm_size(pid: int) -> int:
     raise AssertionError("no VmSize")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 7: not fixed yet")
 async def test_a_failed_allocation_ends_the_connection(tmp_path, dump_worker):
     """Item 7: with lb's address space capped, a frame header it cannot hold is one error line
     and a reconnect, not a wedge."""

@@ -128,7 +128,10 @@ def children_of(pid: int) -> list[tuple[int, str]]:
 async def test_no_fd_or_memory_growth_and_no_zombies_across_100_reconnects(tmp_path, dump_worker):
     feed = Feed(3)
     async with PolyServer() as server:
-        lb = LbProcess(server.url(), 3, str(tmp_path), dump_worker, options=FAST).start(wait_ready=None)
+        # LB_HEALTHY_AFTER=0: one delivered message counts as a healthy connection, so the next
+        # reconnect is immediate (by default it takes 10 s streaming, see test_hostile_liveness)
+        lb = LbProcess(server.url(), 3, str(tmp_path), dump_worker, options=FAST,
+                       env={**os.environ, "LB_HEALTHY_AFTER": "0"}).start(wait_ready=None)
         samples = {}
         for n in range(1, 101):
             conn = await server.next_connection()
@@ -161,6 +164,7 @@ async def test_no_fd_or_memory_growth_and_no_zombies_across_100_reconnects(tmp_p
     (["", "ws://h/s", "2", ".", "/bin/cat"], "API key is empty"),
     (["-", "ws://h/s", "2", ".", "/bin/cat"], "POLYGON_API_KEY"),
     (["--cafile", "/nonexistent", "k", "wss://h/s", "2", ".", "/bin/cat"], "--cafile"),
+    (["--max-message", "1024G", "k", "ws://h/s", "2", ".", "/bin/cat"], "more than this machine can hold"),
 ])
 def test_bad_arguments_one_line_and_exit_2(args, message):
     env = {k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "MASSIVE_API_KEY")}

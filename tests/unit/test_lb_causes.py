@@ -53,7 +53,15 @@ def test_the_stats_keep_the_plain_names() -> None:
 def test_the_names_are_the_documented_ones() -> None:
     assert sorted(Cause) == sorted([
         "connect", "timeout", "tls", "reset", "eof", "handshake", "close", "shutdown",
-        "protocol", "badjson", "status", "unread", "auth_failed", "evicted"])
+        "protocol", "badjson", "status", "unread", "memory", "auth_failed", "evicted"])
+
+
+def test_every_cause_is_documented() -> None:
+    import pathlib
+
+    docs = "".join(p.read_text() for p in [pathlib.Path(__file__).parents[2] / "README.md",
+                                            *pathlib.Path(__file__).parents[2].glob("docs/*.md")])
+    assert [c for c in Cause if f"`{c}`" not in docs] == []
 
 
 def test_requested_and_chosen_tls_are_different_types() -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from balancer import engine, frames
 from balancer.frames import FrameDecoder, ProtocolError
-from balancer.router import Router, RouterError, RouteResult
+from balancer.router import Router, RouterError, RouteResult, pipe_for
 
 pytestmark = pytest.mark.skipif(
     not engine.native_available() and not os.environ.get("LB_REQUIRE_NATIVE"),
@@ -106,11 +106,15 @@ symbols = st.one_of(
 )
 
 
+not_utf8 = st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80abc", b"\xf4\x90\x80\x80", b"\xe2\x82"])
+
+
 @st.composite
 def trade(draw: Any) -> bytes:
     sym = draw(symbols)
     layout = draw(st.sampled_from(["compact", "compact", "compact", "spaced", "reordered", "dupsym",
-                                   "status", "nosym", "nested", "bracestr"]))
+                                   "status", "nosym", "nested", "bracestr", "escapedkey", "notutf8",
+                                   "notutf8sym"]))
     rest = b',"i":"%d","x":4,"p":%d.%02d,"s":%d,"t":1700000000000' % (
         draw(st.integers(0, 10**9)), draw(st.integers(0, 9999)), draw(st.integers(0, 99)),
         draw(st.integers(1, 10**6)),
@@ -124,6 +128,12 @@ def trade(draw: Any) -> bytes:
         return b'{"sym":' + enc + b',"ev":"T"' + rest + b"}"
     if layout == "dupsym":
         return b'{"ev":"T","sym":' + enc + b',"sym":"ZZZ"' + rest + b"}"
+    if layout == "escapedkey":  # issue 10 item 4: a key ending in an escaped quote, then "sym"
+        return b'{"evabcde\\"sym":"XYZ","sym":' + enc + rest + b"}"
+    if layout == "notutf8":  # issue 10 item 8
+        return b'{"ev":"T","sym":' + enc + b',"c":"' + draw(not_utf8) + b'"' + rest + b"}"
+    if layout == "notutf8sym":
+        return b'{"ev":"T","sym":"A' + draw(not_utf8) + b'"' + rest + b"}"
     if layout == "status":
         return b'{"ev":"status","status":"info","message":"hello"}'
     if layout == "nosym":
@@ -181,6 +191,60 @@ def test_engines_agree(data: bytes, cuts: list[int]) -> None:
 def test_max_message_agrees(sizes: list[int], limit: int) -> None:
     data = b"".join(frame(b'[{"ev":"T","sym":"AB","x":"' + b"y" * n + b'"}]') for n in sizes)
     check_same([data], max_message=limit)
+
+
+def routed(payload: bytes, native: bool) -> dict[str, Any]:
+    got = drive([frame(payload)], native)
+    got["error"] = got["error"] and got["error"][0]  # the text names a column, which differs
+    return {k: got[k] for k in ("out", "sizes", "events", "error", "trades", "unroutable")}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(trade(), min_size=1, max_size=8), st.sampled_from([b", ", b" ,", b",\n"]))
+def test_layout_does_not_change_the_outcome(objects: list[bytes], spaced: bytes) -> None:
+    """Issue 10 items 4, 5, 8: the same objects, in a compact message (the fast paths) or with
+    whitespace between them (the slow path), go to the same pipes, byte for byte, on both engines."""
+    compact = b"[" + b",".join(objects) + b"]"
+    loose = b"[" + spaced.join(objects) + b"]"
+    slow = routed(loose, False)
+    assert routed(compact, False) == slow
+    assert routed(compact, True) == slow
+    assert routed(loose, True) == slow
+
+
+def _pipe_of(out: dict[int, bytes], obj: bytes) -> list[int]:
+    return [p for p, data in out.items() if obj in data]
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("sep", [b",", b", "])
+def test_escaped_quote_key_does_not_fool_the_fast_path(native: bool, sep: bytes) -> None:
+    """Issue 10 item 4: routed by the real sym (AAPL), not by the key ending in \"sym."""
+    first = b'{"ev":"T","sym":"MSFT","p":1}'
+    tricky = b'{"evabcde\\"sym":"XYZ","sym":"AAPL","p":2}'
+    out = routed(b"[" + first + sep + tricky + b"]", native)["out"]
+    assert _pipe_of(out, tricky) == [pipe_for(b"AAPL", NPIPES)] != [pipe_for(b"XYZ", NPIPES)]
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("sep", [b",", b", "])
+def test_duplicate_sym_first_key_wins(native: bool, sep: bytes) -> None:
+    """Issue 10 item 5: as the C original, on every path."""
+    dup = b'{"ev":"T","sym":"AAPL","sym":"XYZ","p":2}'
+    out = routed(b'[{"ev":"T","sym":"MSFT","p":1}' + sep + dup + b"]", native)["out"]
+    assert _pipe_of(out, dup) == [pipe_for(b"AAPL", NPIPES)] != [pipe_for(b"XYZ", NPIPES)]
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("sep", [b",", b", "])
+def test_invalid_utf8_passes_through_on_every_path(native: bool, sep: bytes) -> None:
+    """Issue 10 item 8: byte-identical, never badjson, whatever the layout."""
+    bad = b'{"ev":"T","sym":"AAPL","c":"\xff\xfe"}'
+    badsym = b'{"ev":"T","sym":"\xc3Z","p":3}'
+    got = routed(b'[{"ev":"T","sym":"MSFT","p":1}' + sep + bad + sep + badsym + b"]", native)
+    assert got["error"] is None and got["trades"] == 3
+    assert _pipe_of(got["out"], bad) == [pipe_for(b"AAPL", NPIPES)]
+    assert _pipe_of(got["out"], badsym) == [pipe_for(b"\xc3Z", NPIPES)]
 
 
 def test_native_takes_compact_frames() -> None:

@@ -5,6 +5,7 @@ import pytest
 
 from balancer.frames import (
     MIN_READ,
+    AllocationFailed,
     Close,
     FrameDecoder,
     Message,
@@ -235,6 +236,40 @@ def test_oversized_fragmented_message():
     d.events()
     with pytest.raises(ProtocolError, match="max-message"):
         d.check()
+
+
+def test_empty_fragments_count_toward_max_message():
+    """Issue 10 item 3: zero-length continuation frames are never free."""
+    d = FrameDecoder(max_message=1000)
+    d.feed(frame(0x1, b"[", fin=False) + frame(0x0, b"", fin=False) * 600)
+    assert d.events() == []
+    with pytest.raises(ProtocolError, match="exceeds --max-message") as err:
+        d.check()
+    assert err.value.close_code == 1009
+
+
+def test_one_byte_fragments_reassemble_into_one_buffer():
+    d = FrameDecoder(max_message=1 << 20)
+    message = os.urandom(3000)
+    wire = frame(0x2, message[:1], fin=False) + b"".join(frame(0x0, message[i:i + 1], fin=False)
+                                                         for i in range(1, len(message) - 1))
+    d.feed(wire + frame(0x0, message[-1:]))
+    assert d.events() == [message]
+    d.check()
+
+
+def test_failed_allocation_leaves_the_decoder_usable():
+    """Issue 10 item 7: the view is released only once the new buffer exists."""
+    d = FrameDecoder(max_message=1 << 62, buffer_size=64 * 1024)
+    d.feed(frame(0x1, b"before") + bytes((0x82, 127)) + struct.pack(">Q", 1 << 61))
+    assert d.events() == [b"before"]
+    d.check()
+    with pytest.raises(AllocationFailed, match="cannot allocate") as err:
+        d.reserve()
+    assert err.value.close_code == 1009
+    d.reset()
+    d.feed(frame(0x1, b"after"))
+    assert d.events() == [b"after"]
 
 
 def test_events_before_a_violation_are_kept():
