@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from itertools import repeat
 
 from balancer.engine import NativeEngine, native_available
 from balancer.frames import FrameDecoder
@@ -38,9 +39,13 @@ def run(stream: bytes, engine_name: str, npipes: int, read: int) -> int:
         pos += n
         if engine is not None:
             engine.run(decoder, router)
-        for event in decoder.events():
-            if type(event) is bytes:
-                router.route(event, result)
+        events = decoder.events()
+        # as the session does: a read of small frames is routed in one go when it can be
+        batched = len(events) > 1 and all(map(isinstance, events, repeat(bytes)))
+        if not (batched and router.route_many(events)):
+            for event in events:
+                if type(event) is bytes:
+                    router.route(event, result)
         router.take()
     return router.trades
 
