@@ -17,12 +17,19 @@ static const char HEAD[] = "{\"ev\":\"T\",\"sym\":\"";
 #define HEAD_LEN 17
 #define MAX_SYMBOL 32
 
+/* One pipe's share of a read: its size first, then where the copy writes. */
 typedef struct {
-    char *data;
-    size_t len, cap;
-    uint32_t *lens;
-    size_t nlens, lcap;
+    size_t bytes, count;
+    uint32_t widest;
+    PyObject *data, *lens;
+    unsigned char *w, *l;
 } PipeBuf;
+
+/* A routed trade of the read: offset in the receive buffer, length, pipe. */
+typedef struct {
+    size_t start;
+    uint32_t len, pipe;
+} Rec;
 
 typedef struct {
     size_t start, len;
@@ -35,6 +42,8 @@ typedef struct {
     PipeBuf *pipes;
     Obj *objs;
     size_t ocap;
+    Rec *recs; /* every trade of the current read, in order: copied once, at the end */
+    size_t nrecs, rcap;
 } Engine;
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -60,13 +69,36 @@ static uint32_t route(const unsigned char *s, size_t n, uint32_t npipes) {
     return (uint32_t)((h >> 32) % npipes);
 }
 
+/* Occurrences of byte c in p[0..n): memchr jumps (SIMD in glibc) from one to the next, far
+ * cheaper than a byte loop when c is rare (one '{' per ~110-byte trade). */
+static size_t count_byte(const unsigned char *p, size_t n, unsigned char c) {
+    size_t count = 0;
+    const unsigned char *q = p, *end = p + n;
+    while (q < end && (q = memchr(q, c, (size_t)(end - q))) != NULL) {
+        count++;
+        q++;
+    }
+    return count;
+}
+
+/* memmem(p + from, n - from, "},{\"e", 5), found by memchr on '}' (rare: one per trade) and a
+ * check of the 4 bytes after it; glibc's memmem costs more per call than the whole scan. */
+static const unsigned char *find_split(const unsigned char *p, size_t from, size_t n) {
+    const unsigned char *q = p + from, *end = p + n;
+    while (q < end && (q = memchr(q, '}', (size_t)(end - q))) != NULL) {
+        if ((size_t)(end - q) < 5) return NULL;
+        if (q[1] == ',' && q[2] == '{' && q[3] == '"' && q[4] == 'e') return q;
+        q++;
+    }
+    return NULL;
+}
+
 /* Validate one payload; fill e->objs. Returns the object count, 0 to hand back, -1 on no memory. */
 static Py_ssize_t split_message(Engine *e, const unsigned char *p, size_t n) {
     if (n < HEAD_LEN + 3 || p[0] != '[' || memcmp(p + 1, HEAD, HEAD_LEN) != 0 || p[n - 2] != '}' ||
         p[n - 1] != ']')
         return 0;
-    size_t braces = 0;
-    for (size_t i = 0; i < n; i++) braces += (p[i] == '{');
+    size_t braces = count_byte(p, n, '{');
     size_t count = 0;
     size_t obj = 1; /* offset of the current object's '{' */
     const size_t last_close = n - 2;
@@ -76,7 +108,7 @@ static Py_ssize_t split_message(Engine *e, const unsigned char *p, size_t n) {
         size_t next = 0;
         const unsigned char *hit = NULL;
         if (obj + 1 < n) {
-            hit = memmem(p + obj + 1, n - (obj + 1), "},{\"e", 5);
+            hit = find_split(p, obj + 1, n);
         }
         if (hit != NULL && (size_t)(hit - p) < last_close) {
             close = (size_t)(hit - p);
@@ -106,22 +138,20 @@ static Py_ssize_t split_message(Engine *e, const unsigned char *p, size_t n) {
     return (Py_ssize_t)count;
 }
 
-static int emit(Engine *e, const unsigned char *p, size_t count) {
+/* Record a validated message's trades (no copy yet: the read's batches are sized first). */
+static int emit(Engine *e, size_t base, size_t count) {
+    if (grow((void **)&e->recs, &e->rcap, e->nrecs + count, sizeof(Rec)) < 0) return -1;
     for (size_t i = 0; i < count; i++) {
         Obj *o = &e->objs[i];
-        if (o->len > UINT32_MAX) return -1;
+        if (o->len > UINT32_MAX - 4) return -1;
         PipeBuf *b = &e->pipes[o->pipe];
-        if (grow((void **)&b->data, &b->cap, b->len + 4 + o->len, 1) < 0) return -1;
-        if (grow((void **)&b->lens, &b->lcap, b->nlens + 1, sizeof(uint32_t)) < 0) return -1;
-        uint32_t len = (uint32_t)o->len;
-        unsigned char *w = (unsigned char *)b->data + b->len;
-        w[0] = (unsigned char)(len & 0xFF);
-        w[1] = (unsigned char)((len >> 8) & 0xFF);
-        w[2] = (unsigned char)((len >> 16) & 0xFF);
-        w[3] = (unsigned char)((len >> 24) & 0xFF);
-        memcpy(w + 4, p + o->start, o->len);
-        b->len += 4 + o->len;
-        b->lens[b->nlens++] = len;
+        Rec *r = &e->recs[e->nrecs++];
+        r->start = base + o->start;
+        r->len = (uint32_t)o->len;
+        r->pipe = o->pipe;
+        b->bytes += 4 + o->len;
+        b->count++;
+        if (r->len > b->widest) b->widest = r->len;
     }
     return 0;
 }
@@ -139,7 +169,13 @@ static PyObject *Engine_scan(Engine *e, PyObject *args) {
     const unsigned char *buf = view.buf;
     size_t pos = (size_t)start, stop = (size_t)end;
     Py_ssize_t frames = 0, trades = 0;
-    for (uint32_t i = 0; i < e->npipes; i++) e->pipes[i].len = e->pipes[i].nlens = 0;
+    for (uint32_t i = 0; i < e->npipes; i++) {
+        PipeBuf *b = &e->pipes[i];
+        b->bytes = b->count = 0;
+        b->widest = 0;
+        b->data = b->lens = NULL;
+    }
+    e->nrecs = 0;
     for (;;) {
         size_t avail = stop - pos;
         if (avail < 2) break;
@@ -165,7 +201,7 @@ static PyObject *Engine_scan(Engine *e, PyObject *args) {
             goto done;
         }
         if (count == 0) break;
-        if (emit(e, payload, (size_t)count) < 0) {
+        if (emit(e, pos + header, (size_t)count) < 0) {
             PyErr_NoMemory();
             goto done;
         }
@@ -173,32 +209,57 @@ static PyObject *Engine_scan(Engine *e, PyObject *args) {
         trades += count;
         pos += header + (size_t)length;
     }
+    /* Each pipe's batch and sizes are allocated at their final size, then filled in one pass
+     * over the read's trades: one copy of each trade, from the receive buffer. */
     PyObject *out = PyList_New(0);
     if (!out) goto done;
     for (uint32_t i = 0; i < e->npipes; i++) {
         PipeBuf *b = &e->pipes[i];
-        if (!b->nlens) continue;
-        int wide = 0;
-        for (size_t k = 0; k < b->nlens; k++) wide |= b->lens[k] > 255;
-        PyObject *lens;
-        if (wide) {
-            lens = PyBytes_FromStringAndSize((const char *)b->lens, (Py_ssize_t)(b->nlens * sizeof(uint32_t)));
+        if (!b->count) continue;
+        int wide = b->widest > 255;
+        b->data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)b->bytes);
+        b->lens = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(b->count * (wide ? sizeof(uint32_t) : 1)));
+        if (!b->data || !b->lens) goto fail;
+        b->w = (unsigned char *)PyBytes_AS_STRING(b->data);
+        b->l = (unsigned char *)PyBytes_AS_STRING(b->lens);
+    }
+    for (size_t k = 0; k < e->nrecs; k++) {
+        const Rec *r = &e->recs[k];
+        PipeBuf *b = &e->pipes[r->pipe];
+        uint32_t len = r->len;
+        unsigned char *w = b->w;
+        w[0] = (unsigned char)(len & 0xFF);
+        w[1] = (unsigned char)((len >> 8) & 0xFF);
+        w[2] = (unsigned char)((len >> 16) & 0xFF);
+        w[3] = (unsigned char)((len >> 24) & 0xFF);
+        memcpy(w + 4, buf + r->start, len);
+        b->w = w + 4 + len;
+        if (b->widest > 255) {
+            memcpy(b->l, &len, sizeof len); /* native order, as array("I").frombytes reads it */
+            b->l += sizeof len;
         } else {
-            lens = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)b->nlens);
-            if (lens) {
-                char *l = PyBytes_AS_STRING(lens);
-                for (size_t k = 0; k < b->nlens; k++) l[k] = (char)(unsigned char)b->lens[k];
-            }
+            *b->l++ = (unsigned char)len;
         }
-        PyObject *item = lens ? Py_BuildValue("(Iy#Ni)", i, b->data, (Py_ssize_t)b->len, lens, wide) : NULL;
+    }
+    for (uint32_t i = 0; i < e->npipes; i++) {
+        PipeBuf *b = &e->pipes[i];
+        if (!b->count) continue;
+        PyObject *item = Py_BuildValue("(INNi)", i, b->data, b->lens, b->widest > 255);
+        b->data = b->lens = NULL; /* the tuple owns them (or freed them on failure) */
         if (!item || PyList_Append(out, item) < 0) {
             Py_XDECREF(item);
-            Py_DECREF(out);
-            goto done;
+            goto fail;
         }
         Py_DECREF(item);
     }
     result = Py_BuildValue("(nnnN)", (Py_ssize_t)pos, frames, trades, out);
+    goto done;
+fail:
+    Py_DECREF(out);
+    for (uint32_t i = 0; i < e->npipes; i++) {
+        Py_CLEAR(e->pipes[i].data);
+        Py_CLEAR(e->pipes[i].lens);
+    }
 done:
     PyBuffer_Release(&view);
     return result;
@@ -224,13 +285,10 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
 
 static void Engine_dealloc(Engine *e) {
     if (e->pipes) {
-        for (uint32_t i = 0; i < e->npipes; i++) {
-            PyMem_Free(e->pipes[i].data);
-            PyMem_Free(e->pipes[i].lens);
-        }
         PyMem_Free(e->pipes);
     }
     PyMem_Free(e->objs);
+    PyMem_Free(e->recs);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 

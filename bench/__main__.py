@@ -11,6 +11,13 @@
    -> a draining worker, sustained trades/s and p99 latency at a paced 200k/s
    (``--jetstream``: this row only).
 
+``--balancer NAME=CMD`` (repeatable) adds an external balancer with lb's argv convention (``CMD
+KEY URL NPIPES WORKDIR EXE ARGS...``), e.g. the C original built by
+/work/shared/anchors/c-original/build.sh; it runs on the ws:// rows only (the C original needs
+kTLS for wss://). Every row also shows CPU net of start-up: (CPU of the run - CPU of a tiny run
+of --startup-trades) / (trades - startup trades), the tiny run's median per balancer and
+transport, so a fixed cost after subscribing (the C original's 288 MB memset) is left out.
+
 ``--check``: the CI guard. One lb run (ws://, 1000 trades/frame, 32 pipes); fails only if
 CPU-us/trade exceeds 3x the figure recorded in bench/baseline.json.
 """
@@ -21,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -48,13 +56,24 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def median_run(balancer: str, tls: str, batch: int, npipes: int, trades: int, runs: int) -> Result:
-    results = sorted((run_once(balancer, tls, batch, npipes, trades) for _ in range(runs)),
+BUILTIN = ("lb", "lb-py", "naive")
+
+
+def median_run(balancer: str, tls: str, batch: int, npipes: int, trades: int, runs: int,
+               external: list[str] | None = None) -> Result:
+    results = sorted((run_once(balancer, tls, batch, npipes, trades, external) for _ in range(runs)),
                      key=lambda r: r.cpu_us_per_trade)
     return results[len(results) // 2]
 
 
-def throughput_table(trades: int, naive_trades: int, runs: int, quick: bool) -> list[Result]:
+def throughput_table(trades: int, naive_trades: int, runs: int, quick: bool,
+                     externals: dict[str, list[str]] | None = None, only: list[str] | None = None,
+                     frames: list[int] | None = None, transports: list[str] | None = None,
+                     startup_trades: int = 2000) -> list[Result]:
+    externals = externals or {}
+    balancers = [(b, None) for b in BUILTIN] + list(externals.items())
+    if only:
+        balancers = [(b, cmd) for b, cmd in balancers if b in only]
     print(HEADER, flush=True)
     run_once("lb", "none", 1000, 32, trades)  # warm-up: a new VM's first runs are slower
     rows = []
@@ -63,11 +82,27 @@ def throughput_table(trades: int, naive_trades: int, runs: int, quick: bool) -> 
     configs = [("none", 1, 32), ("none", 10, 32), *configs]  # small frames: Polygon's common case
     if quick:
         configs = [("none", 1000, 32), ("userspace", 1000, 32)]
+    if frames:
+        configs = [(t, b, n) for t in (transports or ("none", "userspace")) for b in frames for n in (32,)]
+    elif transports:
+        configs = [c for c in configs if c[0] in transports]
+    fixed: dict[tuple[str, str], Result] = {}
     for tls, batch, npipes in configs:
-        for balancer, n in (("lb", trades), ("lb-py", trades), ("naive", naive_trades)):
-            row = median_run(balancer, tls, batch, npipes, n, runs)
+        for balancer, external in balancers:
+            if external is not None and tls != "none":
+                continue  # the C original has no userspace TLS
+            if startup_trades and (balancer, tls) not in fixed:
+                fixed[balancer, tls] = median_run(balancer, tls, 1000, 32, startup_trades, runs, external)
+            n = naive_trades if balancer == "naive" else trades
+            row = median_run(balancer, tls, batch, npipes, n, runs, external)
+            tiny = fixed.get((balancer, tls))
+            if tiny is not None and n > tiny.trades:
+                row.net_cpu_us_per_trade = max(0.0, row.cpu_s - tiny.cpu_s) / (n - tiny.trades) * 1e6
             print(row.row(), flush=True)
             rows.append(row)
+    for (balancer, tls), tiny in fixed.items():
+        print(f"  start-up run {balancer} {tls}: {tiny.trades} trades, {tiny.cpu_s * 1e3:.0f} ms CPU",
+              flush=True)
     return rows
 
 
@@ -132,19 +167,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="the CI guard against gross regressions")
     p.add_argument("--json", help="write every figure here as JSON")
     p.add_argument("--jetstream", action="store_true", help="the JetStream row only")
+    p.add_argument("--balancer", action="append", default=[], metavar="NAME=CMD",
+                   help="an external balancer (lb's argv convention), on the ws:// rows; repeatable")
+    p.add_argument("--only", help="comma-separated balancers to run (lb, lb-py, naive, external names)")
+    p.add_argument("--frames", help="comma-separated trades per frame (32 pipes), instead of the table's")
+    p.add_argument("--transports", help="comma-separated: none (ws://), userspace (wss://)")
+    p.add_argument("--startup-trades", type=int, default=2000,
+                   help="trades of the tiny run whose CPU is subtracted (0: no net column)")
+    p.add_argument("--no-side", action="store_true", help="no latency, simulator or reader benchmarks")
     args = p.parse_args(argv)
     if args.check:
         return check(args.trades)
+    externals = {}
+    for spec in args.balancer:
+        name, sep, command = spec.partition("=")
+        if not sep or not name or not command.strip() or name in BUILTIN:
+            p.error(f"--balancer {spec!r}: expected NAME=CMD with a new NAME")
+        externals[name] = shlex.split(command)
     print(f"machine: {machine()}\n", flush=True)
-    figures: dict[str, Any] = {"machine": machine()}
+    figures: dict[str, Any] = {"machine": machine(), "runs": args.runs}
     if args.jetstream:
         figures["jetstream"] = jsbench.row(args.trades, "200k/s")
         _write(args.json, figures)
         return 0
-    rows = throughput_table(args.trades, args.naive_trades, args.runs, args.quick)
+    rows = throughput_table(args.trades, args.naive_trades, args.runs, args.quick, externals,
+                            args.only.split(",") if args.only else None,
+                            [int(b) for b in args.frames.split(",")] if args.frames else None,
+                            args.transports.split(",") if args.transports else None, args.startup_trades)
     figures["throughput"] = [r.__dict__ for r in rows]
-    _ratios(rows)
-    if not args.quick:
+    _ratios(rows, list(externals))
+    if not args.quick and not args.no_side:
         print("\nend-to-end latency at a paced 500k/s (simulate -> lb -> worker, 32 pipes):", flush=True)
         figures["latency"] = []
         for tls in (False, True):
@@ -165,13 +217,23 @@ def _write(path: str | None, figures: dict[str, Any]) -> None:
             json.dump(figures, f, indent=1)
 
 
-def _ratios(rows: list[Result]) -> None:
+def _net(r: Result) -> float:
+    return r.net_cpu_us_per_trade if r.net_cpu_us_per_trade is not None else r.cpu_us_per_trade
+
+
+def _ratios(rows: list[Result], externals: list[str] | None = None) -> None:
     by_key = {(r.balancer, r.tls, r.batch, r.npipes): r for r in rows}
     ratios = [by_key[("naive", t, b, n)].cpu_us_per_trade / r.cpu_us_per_trade
               for (name, t, b, n), r in by_key.items() if name == "lb" and ("naive", t, b, n) in by_key]
     if ratios:
         print(f"\nnaive / lb CPU per trade, same run: {min(ratios):.1f}x to {max(ratios):.1f}x "
               f"(median {statistics.median(ratios):.1f}x)", flush=True)
+    for ext in externals or []:
+        for (name, t, b, n), r in by_key.items():
+            other = by_key.get((ext, t, b, n))
+            if name in ("lb", "lb-py") and other is not None and _net(r) > 0:
+                print(f"{ext} / {name} net CPU per trade, {t} {b} trades/frame {n} pipes: "
+                      f"{_net(other) / _net(r):.2f}x", flush=True)
 
 
 def _side(module: str) -> Any:

@@ -197,3 +197,44 @@ def test_object_spans_string_aware():
     payload = b'[{"a":"}{[","b":{"c":[1,{"d":2}]}},{"e":"\\"}"}]'
     spans = object_spans(payload)
     assert [payload[a:b] for a, b in spans] == [b'{"a":"}{[","b":{"c":[1,{"d":2}]}}', b'{"e":"\\"}"}']
+
+
+def _pipes(r):
+    got = [bytearray() for _ in range(r.npipes)]
+    for pipe, chunks in r.take():
+        for chunk in chunks:
+            got[pipe] += chunk.data
+            assert sum(n + chunk.overhead for n in chunk.lens) == len(chunk.data)
+    return [bytes(b) for b in got]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_route_many_is_byte_identical_to_one_by_one(seed):
+    rng = random.Random(seed)
+    syms = ["AAPL", "SPY", "A", "BRK.B", "ZVZZT", "QQQ", "NVDA"]
+    payloads = [arr(*(trade(rng.choice(syms), k * 10 + i) for i in range(rng.randint(1, 4))))
+                for k in range(rng.randint(2, 40))]
+    r = Router(31)
+    assert r.route_many(payloads)
+    assert _pipes(r) == reference(payloads, 31)
+    assert r.trades == sum(len(orjson.loads(p)) for p in payloads) and r.slow_messages == 0
+
+
+@pytest.mark.parametrize("odd", [
+    arr(trade("A" * 12, 1)),  # a symbol too long for the cache key: resolved one by one
+    arr(b'{"ev":"T","sym":"A\\"B","q":1}'),  # escaped quote
+    b'[{"ev":"status","status":"success","message":"x"}]',  # a status
+    b'[{"ev":"T","sym":"X","n":{"a":1}}]',  # a nested object
+    b'[ {"ev":"T","sym":"X"}]',  # whitespace
+    b'[{"ev":"T","sym":"X","s":"}][{\\"ev\\":\\"T\\",\\"sym\\":\\""}]',  # a junction inside a string
+])
+def test_route_many_routes_nothing_when_one_message_is_odd(odd):
+    payloads = [arr(trade("AAPL", 1)), odd, arr(trade("SPY", 2), trade("A", 3))]
+    r = Router(31)
+    assert not r.route_many(payloads)
+    assert r.trades == 0 and not any(_pipes(r))
+    result = RouteResult()
+    for p in payloads:  # and one by one, as the session then does, the router is as new
+        r.route(p, result)
+    fresh, _, got = run(payloads)
+    assert _pipes(r) == got and r.trades == fresh.trades and r.slow_messages == fresh.slow_messages
