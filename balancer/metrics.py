@@ -4,7 +4,7 @@ A custom collector reads the balancer's counters when a scrape arrives (nothing 
 twice and nothing runs per trade), and the scrape is answered on lb's own event loop by a
 small asyncio HTTP responder: no thread, so nothing can hold a lock when lb forks its worker,
 and the snapshot is consistent (the loop is not in the middle of a read). A scrape costs a few
-hundred microseconds of the loop (README, "metrics"), once per scrape interval.
+hundred microseconds of the loop (docs/observability.md, "Prometheus"), once per scrape interval.
 
 Names follow Prometheus' conventions: an ``lb_`` prefix, ``_total`` for counters, base units
 (seconds, bytes) in the name, and labels ``pipe``, ``cause``, ``tls``, ``engine``.
