@@ -20,6 +20,8 @@ demo: $(STAMP)
 # The whole suite: lint, unit and integration tests on this kernel, then the
 # kernel-TLS cases on a kernel that has kTLS (natively, or inside User-Mode Linux).
 test: $(STAMP)
+	bash ci/system-deps.sh
+	$(BIN)/python -c 'import balancer._speedups' 2>/dev/null || LB_REQUIRE_NATIVE=1 $(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check .
 	LB_REQUIRE_NATIVE=1 $(BIN)/pytest -m 'not ktls' tests
 	LB_ENGINE=python $(BIN)/pytest -q -m 'not ktls' tests/integration/test_lb_feed.py tests/integration/test_lb_worker.py
