@@ -55,6 +55,7 @@ RETRY_AFTER_MAX = 60.0  # the longest HTTP 429/503 Retry-After lb honours
 EVICTED_WAIT = 30.0
 AUTH_RETRY_WAIT = 2.0
 WORKER_QUICK_DEATH = 10.0
+WORKER_BACKOFF_FIRST = 0.5  # a worker dying within WORKER_QUICK_DEATH: the first wait, doubled up to
 WORKER_BACKOFF_MAX = 30.0
 GROUP_EXIT_WAIT = 5.0
 HOUSEKEEPING = 1.0
@@ -288,7 +289,7 @@ class Balancer:
         await self._end_group(pgid)
         self.output.resync()
         if lived < WORKER_QUICK_DEATH:
-            self.worker_backoff = min(WORKER_BACKOFF_MAX, max(0.5, self.worker_backoff * 2))
+            self.worker_backoff = min(WORKER_BACKOFF_MAX, max(WORKER_BACKOFF_FIRST, self.worker_backoff * 2))
             log.warning("worker crash loop (it lived %.1f s): waiting %.1f s", lived, self.worker_backoff)
             await self._sleep(self.worker_backoff)
         else:
@@ -299,7 +300,8 @@ class Balancer:
                 self.stats.worker_restarts += 1
                 return
             except (WorkerStartError, OSError) as exc:
-                self.worker_backoff = min(WORKER_BACKOFF_MAX, max(0.5, self.worker_backoff * 2))
+                self.worker_backoff = min(WORKER_BACKOFF_MAX,
+                                          max(WORKER_BACKOFF_FIRST, self.worker_backoff * 2))
                 log.error("%s; retrying in %.1f s", exc, self.worker_backoff)
                 await self._sleep(self.worker_backoff)
 

@@ -9,8 +9,17 @@ import ssl
 import sys
 from typing import Any, NoReturn
 
+from balancer.config import DEFAULTS as D
 from balancer.config import EXIT_USAGE, Config, TlsRequest
-from balancer.units import duration, format_bytes, parse_size, positive_duration, size
+from balancer.units import (
+    duration,
+    format_bytes,
+    format_duration,
+    format_size,
+    parse_size,
+    positive_duration,
+    size,
+)
 from balancer.url import URLError, parse_url
 from balancer.version import add_version_option
 
@@ -123,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker arguments, all of them passed as given (-- included); the pipes' "
                         "fd numbers are appended")
     feed = p.add_argument_group("feed")
-    feed.add_argument("--subscribe", metavar="PARAMS", default="T.*",
+    feed.add_argument("--subscribe", metavar="PARAMS", default=D.subscribe,
                       help="subscribe params, e.g. T.AAPL,T.MSFT (default: %(default)s)")
     feed.add_argument("--cafile", metavar="PATH",
                       help="extra CA certificates for wss:// (e.g. the simulator's CA); the server "
@@ -132,38 +141,45 @@ def build_parser() -> argparse.ArgumentParser:
                       help="TLS path for wss://: ktls = handshake in userspace, then the kernel "
                            "encrypts and decrypts; userspace = OpenSSL; auto = ktls when the kernel "
                            "offers it, else userspace with a warning (default: %(default)s)")
-    feed.add_argument("--ping-interval", metavar="DURATION", type=positive_duration, default=20.0,
-                      help="after this long with nothing received, send a ping (default: %(default)g)")
-    feed.add_argument("--ping-timeout", metavar="DURATION", type=positive_duration, default=20.0,
+    feed.add_argument("--ping-interval", metavar="DURATION", type=positive_duration,
+                      default=D.ping_interval, help="after this long with nothing received, send a "
+                      f"ping (default: {format_duration(D.ping_interval)})")
+    feed.add_argument("--ping-timeout", metavar="DURATION", type=positive_duration,
+                      default=D.ping_timeout,
                       help="drop the connection and reconnect if nothing arrives this long after a "
-                           "ping (default: %(default)g)")
-    feed.add_argument("--connect-timeout", metavar="DURATION", type=positive_duration, default=10.0,
-                      help="limit for connect, TLS, upgrade and auth+subscribe (default: %(default)g)")
+                           f"ping (default: {format_duration(D.ping_timeout)})")
+    feed.add_argument("--connect-timeout", metavar="DURATION", type=positive_duration,
+                      default=D.connect_timeout, help="limit for connect, TLS, upgrade and "
+                      f"auth+subscribe (default: {format_duration(D.connect_timeout)})")
     feed.add_argument("--engine", choices=("auto", "native", "python"),
                       default=os.environ.get("LB_ENGINE", "auto"),
                       help="data path: native (compiled balancer._speedups), python, or auto: native when "
                            "built (default: $LB_ENGINE or auto)")
-    feed.add_argument("--max-message", metavar="SIZE", type=parse_max_message, default=64 << 20,
+    feed.add_argument("--max-message", metavar="SIZE", type=parse_max_message,
+                      default=D.max_message,
                       help="largest websocket message accepted, at most a quarter of the memory "
-                           "(RAM or RLIMIT_AS) (default: 64M)")
+                           f"(RAM or RLIMIT_AS) (default: {format_size(D.max_message)})")
     pipes = p.add_argument_group("pipes")
-    pipes.add_argument("--pipe-size", metavar="SIZE", type=size, default=1 << 30,
-                       help="pipe buffer to ask for, halved until the kernel agrees (default: 1G; "
+    pipes.add_argument("--pipe-size", metavar="SIZE", type=size, default=D.pipe_size,
+                       help="pipe buffer to ask for, halved until the kernel agrees (default: "
+                            f"{format_size(D.pipe_size)}; "
                             "see fs.pipe-max-size)")
-    pipes.add_argument("--max-backlog", metavar="SIZE", type=size, default=256 << 20,
+    pipes.add_argument("--max-backlog", metavar="SIZE", type=size, default=D.max_backlog,
                        help="per pipe: queued bytes above which lb stops reading the socket until "
-                            "the backlog halves; nothing is dropped (default: 256M)")
+                            f"the backlog halves; nothing is dropped (default: {format_size(D.max_backlog)})")
     pipes.add_argument("--max-backlog-total", metavar="SIZE", type=size, default=None,
                        help="all pipes together: queued bytes above which lb stops reading the "
                             "socket until the total halves (default: 1/8 of the machine's memory, "
-                            "at least 64M)")
-    pipes.add_argument("--shutdown-timeout", metavar="DURATION", type=positive_duration, default=30.0,
+                            f"at least {format_size(D.max_backlog_total_floor)})")
+    pipes.add_argument("--shutdown-timeout", metavar="DURATION", type=positive_duration,
+                       default=D.shutdown_timeout,
                        help="on SIGTERM/SIGINT/SIGHUP/SIGQUIT, the bound of the whole shutdown: "
                             "close handshake, flushing the pipes, the worker's exit (default: "
-                            "%(default)g)")
+                            f"{format_duration(D.shutdown_timeout)})")
     out = p.add_argument_group("output")
-    out.add_argument("--stats-interval", metavar="DURATION", type=duration, default=5.0,
-                     help="one status line on stderr this often; 0 turns it off (default: %(default)g)")
+    out.add_argument("--stats-interval", metavar="DURATION", type=duration, default=D.stats_interval,
+                     help="one status line on stderr this often; 0 turns it off (default: "
+                          f"{format_duration(D.stats_interval)})")
     out.add_argument("--stats-file", metavar="PATH",
                      help="rewrite PATH (atomically) with a JSON snapshot of lb's counters every "
                           "second and at exit")
@@ -259,7 +275,7 @@ def default_max_backlog_total() -> int:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         memory = 0
-    return max(64 << 20, memory // 8)
+    return max(D.max_backlog_total_floor, memory // 8)
 
 
 def parse_config(argv: list[str]) -> Config:

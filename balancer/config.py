@@ -14,7 +14,27 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 
-__all__ = ["EXIT_AUTH", "EXIT_OK", "EXIT_USAGE", "Config", "TlsMode", "TlsRequest"]
+__all__ = ["DEFAULTS", "EXIT_AUTH", "EXIT_OK", "EXIT_USAGE", "Config", "Defaults", "TlsMode", "TlsRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """lb's defaults, the one place they are written: the command line, its ``--help`` and the
+    layers below (transport, session, frame decoder) all take them from here."""
+
+    subscribe: str = "T.*"
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    connect_timeout: float = 10.0
+    max_message: int = 64 << 20
+    pipe_size: int = 1 << 30
+    max_backlog: int = 256 << 20
+    max_backlog_total_floor: int = 64 << 20  # the default total is 1/8 of RAM, at least this
+    shutdown_timeout: float = 30.0
+    stats_interval: float = 5.0
+
+
+DEFAULTS = Defaults()
 
 
 class TlsRequest(StrEnum):

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from balancer.config import DEFAULTS
 from balancer.url import WebSocketURL
 
 RCVBUF = 4 * 1024 * 1024
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = DEFAULTS.connect_timeout
 # What lb sends is small (upgrade, auth, subscribe, pongs, pings, close): more than this queued
 # unsent means the server does not read. The connection then ends instead of growing memory.
 MAX_OUTBOX = 1024 * 1024
