@@ -24,7 +24,7 @@ from balancer.frames import FrameDecoder
 from balancer.pipes import PipeSet
 from balancer.router import Router
 from balancer.session import Session, SessionConfig, SessionEnded
-from balancer.stats import Stats, StatusLine, write_json_atomic
+from balancer.stats import Stats, StatusLine
 from balancer.supervisor import (
     WorkerSpec,
     WorkerStartError,
@@ -41,7 +41,8 @@ from balancer.supervisor import (
     reap_children,
     spawn,
 )
-from balancer.units import format_bytes
+from common.atomicfile import write_json_atomic
+from common.units import format_bytes
 
 log = logging.getLogger("lb")
 

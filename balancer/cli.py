@@ -11,7 +11,8 @@ from typing import Any, NoReturn
 
 from balancer.config import DEFAULTS as D
 from balancer.config import EXIT_USAGE, Config, TlsRequest
-from balancer.units import (
+from balancer.url import URLError, parse_url
+from common.units import (
     duration,
     format_bytes,
     format_duration,
@@ -20,8 +21,7 @@ from balancer.units import (
     positive_duration,
     size,
 )
-from balancer.url import URLError, parse_url
-from balancer.version import add_version_option
+from common.version import add_version_option
 
 __all__ = ["build_parser", "main", "parse_config", "parse_size"]  # parse_size: its old home
 

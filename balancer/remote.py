@@ -37,7 +37,6 @@ from balancer import jsfeed
 from balancer.cli import split_argv
 from balancer.pipes import PipeSet
 from balancer.router import Chunk
-from balancer.stats import write_json_atomic
 from balancer.supervisor import (
     WorkerSpec,
     WorkerStartError,
@@ -49,8 +48,9 @@ from balancer.supervisor import (
     resolve_executable,
     spawn,
 )
-from balancer.units import positive_duration, size
-from balancer.version import add_version_option
+from common.atomicfile import write_json_atomic
+from common.units import positive_duration, size
+from common.version import add_version_option
 
 log = logging.getLogger("lb-remote")
 

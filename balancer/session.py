@@ -28,7 +28,7 @@ from balancer.router import Router, RouterError, RouteResult
 from balancer.stats import Stats
 from balancer.transport import ConnectError, SendFailed, Transport, describe, open_transport, wait_ready
 from balancer.url import WebSocketURL
-from balancer.version import VERSION
+from common.version import VERSION
 
 log = logging.getLogger("lb")
 logsafe.install(log)  # no log line is the server's to write: escaped, cut, floods counted

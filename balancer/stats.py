@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -10,7 +9,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer.atomicfile import write_atomically
 from balancer.causes import Cause
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -106,10 +104,6 @@ class WriteTimes:
 
     def to_json(self) -> dict[str, Any]:
         return {"counts": list(self.counts), "sum_ns": self.sum_ns}
-
-
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 class StatusLine:

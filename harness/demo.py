@@ -18,8 +18,8 @@ import sys
 import tempfile
 import time
 
-from balancer.units import positive_duration
-from balancer.version import add_version_option
+from common.units import positive_duration
+from common.version import add_version_option
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import read_json, wait_for

@@ -18,8 +18,8 @@ import tempfile
 import time
 from typing import Any
 
-from balancer.units import duration, positive_duration
-from balancer.version import add_version_option
+from common.units import duration, positive_duration
+from common.version import add_version_option
 from harness.lb import LbProcess
 from harness.report import Sampler, write_report
 from harness.sim import SimProcess

@@ -27,8 +27,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from balancer.units import positive_duration
-from balancer.version import add_version_option
+from common.units import positive_duration
+from common.version import add_version_option
 
 STALE = 3.0  # seconds without a rewrite: the program has probably ended
 BLOCKS = " ▁▂▃▄▅▆▇█"

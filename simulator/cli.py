@@ -9,8 +9,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from balancer.units import format_duration
-from balancer.version import add_version_option
+from common.units import format_duration
+from common.version import add_version_option
 from simulator.config import FAULT_CHOICES, Settings, TLSSettings
 from simulator.observe import parse_listen
 from simulator.pacing import auto_batch

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from balancer.atomicfile import write_atomically
+from common.atomicfile import write_atomically
 from simulator.batches import Batch, Groups
 from simulator.crc import crc32_combine
 

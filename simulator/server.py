@@ -17,7 +17,7 @@ from websockets.asyncio.server import Server, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from balancer.atomicfile import write_atomically
+from common.atomicfile import write_atomically
 from simulator import observe, protocol
 from simulator.config import Settings
 from simulator.connection import Client, SimConnection

@@ -1,13 +1,13 @@
 """Parsing of the command line's quantities: rates, speeds, counts (simulate's own).
 
-Durations are the product-wide ones of ``balancer.units`` (re-exported here).
+Durations are the product-wide ones of ``common.units`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import re
 
-from balancer.units import parse_duration, parse_positive_duration
+from common.units import parse_duration, parse_positive_duration
 
 __all__ = ["format_rate", "parse_count", "parse_duration", "parse_positive_duration", "parse_rate",
            "parse_speed"]

@@ -44,9 +44,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer.stats import write_json_atomic
-from balancer.units import duration, positive_duration, size
-from balancer.version import add_version_option
+from common.atomicfile import write_json_atomic
+from common.units import duration, positive_duration, size
+from common.version import add_version_option
 from workers import jsproto, natsconn
 from workers.framing import MAX_MESSAGE
 

@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Any
 
-from balancer.units import argtype, format_duration, format_size, parse_size, positive_duration, size
-from balancer.version import add_version_option
+from common.units import argtype, format_duration, format_size, parse_size, positive_duration, size
+from common.version import add_version_option
 from workers.framing import MAX_MESSAGE
 from workers.handler import Handler, HandlerContext
 from workers.loop import WorkerLoop

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from balancer.atomicfile import write_atomically
+from common.atomicfile import write_atomically
 
 
 def open_log(path: str) -> int:

@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from balancer.units import duration, positive_duration, size
-from balancer.version import add_version_option
+from common.units import duration, positive_duration, size
+from common.version import add_version_option
 from workers import jsproto, natsconn
 from workers.framing import MAX_MESSAGE, split_frames
 from workers.handler import HandlerContext

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from balancer.version import add_version_option
+from common.version import add_version_option
 from workers.cli import (
     FDS_HELP,
     add_reader_options,

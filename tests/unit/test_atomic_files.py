@@ -12,15 +12,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from balancer.atomicfile import write_atomically
-from balancer.stats import write_json_atomic
+from common.atomicfile import write_atomically, write_json_atomic
 from simulator.ledger import write_atomically as ledger_write
 from workers.files import write_json_atomically
 
 DOCUMENT = {"pid": 12, "name": "x" * 5000, "nested": {"b": [1, 2, 3], "a": None}}
 
 WRITERS = {
-    "lb": ("balancer.stats", "write_json_atomic", "DOC"),
+    "lb": ("common.atomicfile", "write_json_atomic", "DOC"),
     "simulate": ("simulator.ledger", "write_atomically", "orjson.dumps(DOC)"),
     "workers": ("workers.files", "write_json_atomically", "DOC"),
 }

@@ -8,7 +8,7 @@ import pytest
 
 from balancer.app import RepeatedFailure
 from balancer.cli import build_parser, default_max_backlog_total, split_argv
-from balancer.units import format_bytes
+from common.units import format_bytes
 
 POS = ["KEY", "ws://h/s", "2", "/tmp", "EXE"]
 

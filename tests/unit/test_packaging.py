@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ("balancer", "simulator", "workers", "harness")
+SHIPPED = ("balancer", "common", "simulator", "workers", "harness")
 SOURCE_ONLY = ("bench", "tests", "ci")
 
 

@@ -1,4 +1,4 @@
-"""One CLI style: the shared units (balancer.units), the old option spellings, --version."""
+"""One CLI style: the shared units (common.units), the old option spellings, --version."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from importlib.metadata import version
 import pytest
 
 from balancer import cli as lb_cli
-from balancer.units import (
+from common.units import (
     format_duration,
     format_size,
     parse_duration,
     parse_positive_duration,
     parse_size,
 )
-from balancer.version import VERSION
+from common.version import VERSION
 from simulator import cli as sim_cli
 from workers import pool
 from workers.cli import run_standalone  # noqa: F401  (the handlers' parser is built there)

@@ -10,7 +10,9 @@ No fsync: these are status files for live readers, rewritten up to once a second
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 
 def temporary_path(path: str) -> str:
@@ -34,3 +36,8 @@ def write_atomically(path: str, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """``data`` as indented JSON with sorted keys, written as ``write_atomically`` does."""
+    write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode())
