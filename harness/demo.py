@@ -16,7 +16,9 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
+from typing import Any
 
 from common.units import positive_duration
 from common.version import add_version_option
@@ -45,14 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-DISPLAY_FD = 9  # the demo's stderr, handed through lb to the pool, whose table is the live display
-
-
-def pool_command(args: argparse.Namespace, summary: str, stats: str, log: str | None) -> list[str]:
-    """The pool's table goes to the demo's stderr, or (under the dashboard) to ``log``."""
+def pool_command(args: argparse.Namespace, summary: str, stats: str, log: str) -> list[str]:
+    """The pool's table goes to ``log`` (lb hands its worker no fd but 0-2 and the pipes); the
+    demo shows that file on its stderr unless the dashboard is on screen."""
     pool = os.path.join(os.path.dirname(sys.executable), "lb-pool")
-    target = f'"{log}"' if log else f"&{DISPLAY_FD}"
-    return ["/bin/sh", "-c", f'exec "$@" 2>{target}', "sh", pool, "--procs", str(args.procs),
+    return ["/bin/sh", "-c", 'exec "$@" 2>>"$0"', log, pool, "--procs", str(args.procs),
             "--handler", "stats", "--stats-interval", "1s", "--summary-file", summary, "--stats-file", stats]
 
 
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     dashboard = sys.stdout.isatty() and not args.plain
     summary_path = os.path.join(work, "summary.json")
     sim_stats, pool_stats = os.path.join(work, "simulate.json"), os.path.join(work, "pool.json")
-    pool_log = os.path.join(work, "pool.log") if dashboard else None
+    pool_log = os.path.join(work, "pool.log")
     sim_args = ["--stats-file", sim_stats, "--rate", args.rate, "--profile", "open",
                 "--profile-period", f"{args.duration:g}s", "--duration", f"{args.duration + 2:g}s",
                 "--stats-interval", "0", "-q"]
@@ -76,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ["--stats-interval", "0", "--ping-interval", "2", "--ping-timeout", "2"]  # a stall shows
     if sim.cafile:
         options += ["--cafile", sim.cafile]
-    os.dup2(sys.stderr.fileno(), DISPLAY_FD)
     lb = LbProcess(sim.url, args.pipes, work, pool_command(args, summary_path, pool_stats, pool_log),
-                   key="demo-key", options=options, pass_fds=(DISPLAY_FD,))
+                   key="demo-key", options=options)
     print(f"lb-demo: lb --cafile CA demo-key {sim.url} {args.pipes} {work} lb-pool --procs "
           f"{args.procs} --handler stats   (lb's log: {lb.stderr_path})", file=sys.stderr)
     lb_stats = os.path.join(work, "lb.json")  # lb rewrites its file by renaming: a link follows
@@ -87,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lb-demo: watch it from another terminal with: lb-top {sim_stats} {lb_stats} {pool_stats}",
           file=sys.stderr)
     interrupted = False
+    follower = None if dashboard else Follower(pool_log, sys.stderr)
     try:
         lb.start()
         try:
@@ -103,12 +102,45 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lb.__exit__()
         sim.kill()
+        if follower is not None:
+            follower.stop()
     ledger = sim.ledger() if os.path.exists(sim.ledger_file or "") else {}
     stats = lb.stats()
     summary = wait_for(lambda: read_json(summary_path), 10, "the workers' summary") \
         if not interrupted else (read_json(summary_path) or {})
     print_summary(ledger, stats, summary)
     return 0 if lb_code == 0 else 1
+
+
+class Follower(threading.Thread):
+    """``tail -f``: what is appended to ``path`` is copied to ``out`` until stop()."""
+
+    def __init__(self, path: str, out: Any) -> None:
+        super().__init__(daemon=True)
+        self.path, self.out = path, out
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        offset = 0
+        while True:
+            finished = self.done.wait(0.2)
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except FileNotFoundError:
+                data = b""
+            if data:
+                offset += len(data)
+                self.out.write(data.decode(errors="replace"))
+                self.out.flush()
+            if finished:
+                return
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(5)
 
 
 def show_dashboard(files: list[str], sim: SimProcess, timeout: float) -> None:

@@ -13,6 +13,7 @@ program per interval. A file that is not there yet, or has stopped changing, say
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -294,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="DURATION", help="time between redraws (default 1s)")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.add_argument("--frames", type=int, help="stop after this many redraws")
+    p.add_argument("--svg", metavar="PATH",
+                   help="at exit, write the last screen to PATH as an SVG picture (a screenshot)")
     p.add_argument("--until-gone", action="store_true",
                    help="exit once every file has stopped changing (the programs have ended)")
     args = p.parse_args(argv)
@@ -307,7 +310,16 @@ def main(argv: list[str] | None = None) -> int:
             now = time.monotonic()
             return all(s.data and s.stale(now) for s in board.sources)
     board.run(until=until, frames=args.frames)
+    if args.svg:
+        save_svg(board, args.svg)
     return 0
+
+
+def save_svg(board: Dashboard, path: str, width: int = 110) -> None:
+    """The screen as the dashboard shows it now, as SVG (rich's own terminal rendering)."""
+    console = Console(record=True, width=width, file=io.StringIO(), force_terminal=True)
+    console.print(screen(board.sources, board.refresh()))
+    console.save_svg(path, title="lb-top")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ def test_demo_dashboard_in_tmux(tmp_path):
                         30, "the dashboard with lb's rate, a reconnect cause, the top symbols")
         # the files it shows, read by lb-top's plain mode (not a terminal: one line per program)
         files = [str(work / name) for name in ("simulate.json", "lb.json", "pool.json")]
-        plain = subprocess.run([f"{BIN}/lb-top", "--frames", "2", "--interval", "0.5", *files],
+        svg = tmp_path / "lb-top.svg"
+        plain = subprocess.run([f"{BIN}/lb-top", "--frames", "2", "--interval", "0.5", "--svg", str(svg),
+                                *files],
                                capture_output=True, text=True, timeout=30)
         wait_for(lambda: "lb-demo summary" in tmux.pane(), 60, "the demo's summary")
         history = tmux.pane(history=True)
@@ -96,3 +98,8 @@ def test_demo_dashboard_in_tmux(tmp_path):
     assert "\x1b" not in plain.stdout
     assert [line.split()[1] for line in lines[:3]] == ["simulate", "lb", "lb-pool"]
     assert read_json(str(work / "pool.json"))["program"] == "lb-pool"
+    # --svg: the last screen as a picture (what the README shows), with the three panels
+    picture = svg.read_text()
+    assert picture.lstrip().startswith("<svg") and picture.rstrip().endswith("</svg>")
+    for text in ("lb-top", "simulate", "lb-pool", "trades/s", "top&#160;symbols"):
+        assert text in picture, text
