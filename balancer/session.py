@@ -3,6 +3,10 @@
 The read loop is a plain callback on the socket's readiness, not a coroutine:
 each call reads everything available straight into the frame decoder's buffer,
 routes every complete message, and writes each pipe once.
+
+The websocket's rules (pong replies, the closing handshake, the keepalive policy) are the
+sans-I/O ``wsconn.WebSocketConnection``'s; the session feeds it control frames and the loop's
+time, writes the frames it returns, and arms a loop timer for each deadline it sets.
 """
 
 from __future__ import annotations
