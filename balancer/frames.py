@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import IntEnum
+
+from balancer.config import DEFAULTS
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -21,14 +24,46 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
 
-# Codes a peer may send (RFC 6455 7.4.1 and the IANA registry); 1004-1006 and 1015 never go on the wire.
-_VALID_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+class CloseCode(IntEnum):
+    """Websocket close status codes (RFC 6455 7.4.1 and the IANA registry). Members are ints,
+    so they go on the wire (``encode_close``) and compare with a peer's code as they are."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005
+    """Never on the wire: the close frame carried no code (``Close.code`` is None then)."""
+    ABNORMAL = 1006
+    """Never on the wire: the connection ended without a close frame."""
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+    TLS_HANDSHAKE = 1015
+    """Never on the wire: the TLS handshake failed."""
+
+
+# Codes that only name a local condition (RFC 6455 7.4.1): a peer must never send them, and a
+# close reply never echoes them.
+NOT_ON_WIRE = frozenset((CloseCode.NO_STATUS, CloseCode.ABNORMAL, CloseCode.TLS_HANDSHAKE))
+
+# The old names, kept as aliases.
+CLOSE_NORMAL = CloseCode.NORMAL
+CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
+CLOSE_PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+CLOSE_INVALID_DATA = CloseCode.INVALID_DATA
+CLOSE_TOO_BIG = CloseCode.TOO_BIG
+
+# Codes a peer may send (RFC 6455 7.4.1 and the IANA registry); 1004 is reserved, and 1005, 1006
+# and 1015 never go on the wire.
+_VALID_CLOSE_CODES = frozenset(int(code) for code in CloseCode if code not in NOT_ON_WIRE)
 
 DEFAULT_BUFFER = 8 * 1024 * 1024
 # What each fragment of a fragmented message counts toward --max-message besides its payload:
@@ -40,7 +75,7 @@ MIN_READ = 1024 * 1024
 class ProtocolError(Exception):
     """The server broke RFC 6455; the connection must end. ``close_code`` is what we tell it."""
 
-    def __init__(self, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+    def __init__(self, message: str, close_code: CloseCode = CloseCode.PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.close_code = close_code
 
@@ -50,7 +85,7 @@ class AllocationFailed(ProtocolError):
     like on any other error, the decoder stays usable for the next one."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, CLOSE_TOO_BIG)
+        super().__init__(message, CloseCode.TOO_BIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +119,7 @@ class FrameDecoder:
     """Server-to-client frames in, events out. Raises ProtocolError on any violation."""
 
     def __init__(
-        self, max_message: int = 64 * 1024 * 1024, buffer_size: int = DEFAULT_BUFFER, typed: bool = False
+        self, max_message: int = DEFAULTS.max_message, buffer_size: int = DEFAULT_BUFFER, typed: bool = False
     ):
         self.max_message = max_message
         self.typed = typed
@@ -272,7 +307,7 @@ class FrameDecoder:
         if total > self.max_message:
             raise ProtocolError(
                 f"message of {total} bytes or more exceeds --max-message {self.max_message}",
-                CLOSE_TOO_BIG,
+                CloseCode.TOO_BIG,
             )
 
     def _slow_frame(self, b0: int, payload: bytes) -> Event | None:
@@ -324,7 +359,7 @@ def parse_close(payload: bytes) -> Close:
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        raise ProtocolError("close reason is not valid UTF-8", CLOSE_INVALID_DATA) from None
+        raise ProtocolError("close reason is not valid UTF-8", CloseCode.INVALID_DATA) from None
     return Close(code, reason)
 
 
@@ -354,8 +389,9 @@ def encode_frame(opcode: int, payload: bytes = b"", fin: bool = True, key: bytes
     return header + key + mask(payload, key)
 
 
-def encode_close(code: int | None = CLOSE_NORMAL, reason: str = "") -> bytes:
+def encode_close(code: int | None = CloseCode.NORMAL, reason: str = "", key: bytes | None = None) -> bytes:
+    """A client close frame; the reason is cut to fit a control frame's 125 bytes."""
     if code is None:
-        return encode_frame(OP_CLOSE)
+        return encode_frame(OP_CLOSE, key=key)
     body = code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
-    return encode_frame(OP_CLOSE, body)
+    return encode_frame(OP_CLOSE, body, key=key)

@@ -3,6 +3,10 @@
 The read loop is a plain callback on the socket's readiness, not a coroutine:
 each call reads everything available straight into the frame decoder's buffer,
 routes every complete message, and writes each pipe once.
+
+The websocket's rules (pong replies, the closing handshake, the keepalive policy) are the
+sans-I/O ``wsconn.WebSocketConnection``'s; the session feeds it control frames and the loop's
+time, writes the frames it returns, and arms a loop timer for each deadline it sets.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
@@ -21,13 +24,14 @@ import orjson
 
 from balancer import frames, handshake, logsafe, polygon
 from balancer.causes import Cause, read_failure
-from balancer.config import TlsMode
+from balancer.config import DEFAULTS, TlsMode
 from balancer.engine import NativeEngine
-from balancer.frames import Close, FrameDecoder, Ping, Pong, ProtocolError
+from balancer.frames import CloseCode, FrameDecoder, ProtocolError
 from balancer.router import Router, RouterError, RouteResult
 from balancer.stats import Stats
 from balancer.transport import ConnectError, SendFailed, Transport, describe, open_transport, wait_ready
 from balancer.url import WebSocketURL
+from balancer.wsconn import CLOSE_WAIT, Ended, PingSent, PongReceived, WebSocketConnection
 from common.version import VERSION
 
 log = logging.getLogger("lb")
@@ -36,8 +40,6 @@ logsafe.install(log)  # no log line is the server's to write: escaped, cut, floo
 USER_AGENT = f"trade-balancer-lb/{VERSION}"
 
 READ_SIZE = 512 * 1024  # per wake-up: bigger batches fall out of the CPU caches and add latency
-CLOSE_WAIT = 2.0  # seconds to wait for the server's reply to our close frame
-LINGER = 1.0  # after our close frame for a violation: seconds to drain the socket before closing
 HANDSHAKE_READ = 64 * 1024
 
 
@@ -51,7 +53,7 @@ class SessionConfig:
     ping_interval: float
     ping_timeout: float
     max_message: int
-    connect_timeout: float = 10.0
+    connect_timeout: float = DEFAULTS.connect_timeout
 
 
 class SessionEnded(Exception):
@@ -100,18 +102,13 @@ class Session:
         self._done: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
-        self._paused = False
-        self._last_rx = 0.0
-        self._ping_sent_at: float | None = None
-        self._rtt_from = 0.0  # when the ping in flight was sent, for stats.ping_rtt
-        self._pings = 0
+        # The websocket's rules (control frames, closing, keepalive); this class does the I/O.
+        self.conn = WebSocketConnection(config.ping_interval, config.ping_timeout)
         self._timer: asyncio.TimerHandle | None = None
         self._opened_at = 0.0
         self._result = RouteResult()
         self._on_streaming: Callable[[Session], None] | None = None
         self._frames_seen = 0
-        self._close_sent = False
-        self._lingering: tuple[str, str] | None = None  # (cause, message) once a violation closed
         self._scratch: memoryview | None = None  # what _drain reads into
         self.streaming_since = 0.0  # loop time the subscription was confirmed
 
@@ -128,7 +125,8 @@ class Session:
             await self._until_done(self._upgrade())
             for message in self.polygon.opening_messages():
                 self._send_text(message)
-            self._opened_at = self._last_rx = loop.time()
+            self._opened_at = loop.time()
+            self.conn.open(self._opened_at)
             self._on_streaming = on_streaming
             self._start_reading()
             self._schedule_tick()
@@ -212,13 +210,16 @@ class Session:
         if self._done is not None and not self._done.done():
             self._done.set_exception(SessionEnded(cause, message))
 
+    def _end(self, ended: Ended) -> None:
+        self.end(ended.cause, ended.message)
+
     def fail(self, exc: BaseException) -> None:
         if self._done is not None and not self._done.done():
             self._done.set_exception(exc)
 
     close_wait = CLOSE_WAIT
 
-    def close(self, code: int = frames.CLOSE_GOING_AWAY, reason: str = "shutting down",
+    def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "shutting down",
               wait: float = CLOSE_WAIT) -> None:
         """The closing handshake: send a close frame and keep reading (and routing: the server
         sent those trades whole) until the server's close frame arrives, for at most ``wait``
@@ -229,16 +230,25 @@ class Session:
         if transport is None or transport.closed or self._loop is None or not self._opened_at:
             self.end(Cause.SHUTDOWN, reason)
             return
-        self._send_close(code, reason)
-        if self._paused:
+        deadline = self.conn.close(code, reason, self._loop.time(), wait)
+        self._flush()
+        if self.conn.paused:
             self.resume_reading()
-        self._loop.call_later(wait, self.end, Cause.SHUTDOWN, f"{reason} (no close reply)")
+        self._arm(deadline)
 
     def streamed_for(self) -> float:
         """Seconds from the subscription's confirmation to the last whole frame received."""
-        if not self.streaming_since:
-            return 0.0
-        return max(0.0, self._last_rx - self.streaming_since)
+        return self.conn.streamed_for(self.streaming_since)
+
+    def _arm(self, deadline: float) -> None:
+        """A timer for one of the connection's closing deadlines."""
+        assert self._loop is not None
+        self._loop.call_at(deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        assert self._loop is not None
+        while (ended := self.conn.expired(self._loop.time())) is not None:
+            self._end(ended)
 
     def _stop(self) -> None:
         if self._timer is not None:
@@ -252,21 +262,20 @@ class Session:
     # -- flow control (the pipes ask for it) ----------------------------------------
 
     def pause_reading(self) -> None:
-        self._paused = True
+        self.conn.pause()
         if self._reading and self._loop is not None and self.transport is not None:
             self._loop.remove_reader(self.transport.fd)
             self._reading = False
 
     def resume_reading(self) -> None:
-        self._paused = False
-        if self._loop is not None and self._last_rx:
-            self._last_rx = self._loop.time()
+        self.conn.resume(self._loop.time() if self._loop is not None else 0.0)
+        if self._loop is not None and self.conn.opened:
             self._start_reading()
             self._loop.call_soon(self._on_readable)
 
     def _start_reading(self) -> None:
         transport = self.transport
-        if self._reading or self._paused or transport is None or transport.closed or self._loop is None:
+        if self._reading or self.conn.paused or transport is None or transport.closed or self._loop is None:
             return
         self._loop.add_reader(transport.fd, self._on_readable)
         self._reading = True
@@ -277,7 +286,7 @@ class Session:
         transport = self.transport
         if transport is None or transport.closed or self._done is None or self._done.done():
             return
-        if self._lingering is not None:
+        if self.conn.lingering is not None:
             self._drain(transport)
             return
         decoder = self.decoder
@@ -318,61 +327,58 @@ class Session:
                 self.stats.messages += messages
             self._handle_events(decoder.events())
             decoder.check()
-            if failure is None and not eof and self._lingering is None:
+            if failure is None and not eof and self.conn.lingering is None:
                 decoder.reserve()
         except frames.AllocationFailed as exc:
             self._close_and_linger(exc.close_code, "message too big", Cause.MEMORY, str(exc))
         except MemoryError:  # the native engine or the router: end the connection, never wedge
-            self._close_and_linger(frames.CLOSE_TOO_BIG, "out of memory", Cause.MEMORY,
+            self._close_and_linger(CloseCode.TOO_BIG, "out of memory", Cause.MEMORY,
                                    "cannot allocate memory while routing a message")
         except ProtocolError as exc:
             self._close_and_linger(exc.close_code, "protocol error", Cause.PROTOCOL,
                                    f"websocket protocol violation: {exc}")
         except RouterError as exc:
-            self._close_and_linger(frames.CLOSE_INVALID_DATA, "invalid payload", Cause.BADJSON, str(exc))
+            self._close_and_linger(CloseCode.INVALID_DATA, "invalid payload", Cause.BADJSON, str(exc))
         except (polygon.AuthFailed, polygon.Evicted) as exc:
             self.fail(exc)
         except polygon.SessionError as exc:
             self.end(Cause.STATUS, f"server said {exc}")
         if decoder.frames != frames_before and self._loop is not None:
             # Liveness is whole frames, not bytes: a server dribbling a byte at a time proves nothing.
-            self._last_rx = self._loop.time()
-            self._ping_sent_at = None
+            self.conn.frames_received(self._loop.time())
         if failure is not None:
             self.end(*failure)
-        elif eof and self._lingering is not None:
-            self.end(*self._lingering)  # the server closed after our close frame: nothing to wait for
         elif eof:
-            cause = Cause.SHUTDOWN if self._close_sent else Cause.EOF
-            self.end(cause, "server closed the connection" + (" (mid-frame)" if decoder.buffered else ""))
+            self._end(self.conn.receive_eof(mid_frame=bool(decoder.buffered)))
         elif self._reading and transport.pending() and self._loop is not None:
             self._loop.call_soon(self._on_readable)  # decrypted bytes wait in OpenSSL, not the socket
 
-    def _close_and_linger(self, code: int, reason: str, cause: str, message: str) -> None:
-        """Our close frame for a violation, then LINGER seconds at most of reading and discarding
+    def _close_and_linger(self, code: int, reason: str, cause: Cause, message: str) -> None:
+        """Our close frame for a violation, then wsconn.LINGER seconds at most of reading and discarding
         until the server closes, so that a server still writing sees the close code, not a reset."""
-        self._send_close(code, reason)
-        if self._lingering is None:
-            self._lingering = (cause, message)
+        deadline = self.conn.fail(code, reason, cause, message, self._loop.time() if self._loop else 0.0)
+        self._flush()
+        if deadline is not None:
             if self._loop is None:
-                self.end(cause, message)
+                self._end(Ended(cause, message))
             else:
-                self._loop.call_later(LINGER, self.end, cause, message)
+                self._arm(deadline)
 
     def _drain(self, transport: Transport) -> None:
-        assert self._lingering is not None
+        lingering = self.conn.lingering
+        assert lingering is not None
         try:
             if self._scratch is None:
                 self._scratch = memoryview(bytearray(HANDSHAKE_READ))
             scratch = self._scratch
             for _ in range(8):
                 if transport.recv_into(scratch) == 0:
-                    self.end(*self._lingering)
+                    self._end(lingering)
                     return
         except BlockingIOError:
             return
         except (ssl.SSLError, OSError, MemoryError):
-            self.end(*self._lingering)
+            self._end(lingering)
             return
         if self._loop is not None:
             self._loop.call_soon(self._on_readable)
@@ -431,42 +437,37 @@ class Session:
                     self._on_streaming(self)
 
     def _handle_control(self, event: frames.Event) -> None:
-        if type(event) is Ping:
-            self._send(frames.encode_frame(frames.OP_PONG, event.payload))
-        elif type(event) is Pong:
+        if not isinstance(event, frames.Ping | frames.Pong | frames.Close):
+            return
+        result = self.conn.receive_control(event, self._loop.time() if self._loop else 0.0)
+        self._flush()  # the pong, or the reply to the server's close
+        if type(result) is PongReceived:
             self.stats.pongs += 1
-            if self._rtt_from and self._loop is not None:
-                self.stats.ping_rtt, self._rtt_from = self._loop.time() - self._rtt_from, 0.0
-        elif type(event) is Close:
-            if self._close_sent:  # the reply to our own close: the handshake is complete
-                self.end(Cause.SHUTDOWN, "closed")
-                return
-            self.stats.server_closes += 1
-            code = event.code if event.code is not None else frames.CLOSE_NORMAL
-            self._send_close(code if code not in (1005, 1006, 1015) else frames.CLOSE_NORMAL, "")
-            self.end(Cause.CLOSE, f"server closed the websocket (code {event.code}, "
-                              f"'{logsafe.untrusted(event.reason)}')")
+            if result.rtt is not None:
+                self.stats.ping_rtt = result.rtt
+        elif type(result) is Ended:
+            if result.cause is Cause.CLOSE:  # the server closed first
+                self.stats.server_closes += 1
+            self._end(result)
 
     # -- sending -------------------------------------------------------------------------
 
-    def _send(self, frame: bytes) -> None:
+    def _flush(self) -> None:
+        """Write what the connection has to send."""
+        frames_out = self.conn.data_to_send()
         if self.transport is not None:
-            self.transport.send(frame)
+            for frame in frames_out:
+                self.transport.send(frame)
 
     def _send_text(self, message: bytes) -> None:
-        self._send(frames.encode_frame(frames.OP_TEXT, message))
-
-    def _send_close(self, code: int, reason: str) -> None:
-        if self.transport is not None and not self._close_sent:
-            self._close_sent = True
-            self._send(frames.encode_close(code, reason))
+        self.conn.send_text(message)
+        self._flush()
 
     # -- liveness --------------------------------------------------------------------------
 
     def _schedule_tick(self) -> None:
         assert self._loop is not None
-        period = max(0.05, min(1.0, self.config.ping_interval / 4, self.config.ping_timeout / 4))
-        self._timer = self._loop.call_later(period, self._tick)
+        self._timer = self._loop.call_later(self.conn.tick_period(), self._tick)
 
     def _tick(self) -> None:
         assert self._loop is not None
@@ -475,19 +476,15 @@ class Session:
         cfg = self.config
         if self.polygon.phase is not polygon.Phase.STREAMING and now - self._opened_at > cfg.connect_timeout:
             self.end(Cause.TIMEOUT, f"no subscription confirmed within {cfg.connect_timeout:g} s")
-        elif self._paused:
-            self._last_rx = now  # not reading by choice: silence proves nothing
-        elif self._ping_sent_at is not None:
-            if now - self._ping_sent_at > cfg.ping_timeout:
+        else:
+            action = self.conn.keepalive(now)
+            if type(action) is Ended:
                 self.stats.ping_timeouts += 1
-                self.end(Cause.TIMEOUT, f"nothing received for {now - self._last_rx:.1f} s "
-                                    f"(no pong within {cfg.ping_timeout:g} s): connection is dead")
+                self._end(action)
                 return
-        elif now - self._last_rx > cfg.ping_interval:
-            self._pings += 1
-            self._ping_sent_at = self._rtt_from = now
-            self.stats.pings += 1
-            self._send(frames.encode_frame(frames.OP_PING, struct.pack(">Q", self._pings)))
+            if type(action) is PingSent:
+                self.stats.pings += 1
+                self._flush()
         self._schedule_tick()
 
 

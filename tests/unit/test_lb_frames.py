@@ -303,3 +303,33 @@ def test_encode_close():
     assert data[0] == 0x88 and data[1] == 0x80 | 5
     assert mask(data[6:], data[2:6]) == struct.pack(">H", 1001) + b"bye"
     assert encode_close(None)[:2] == b"\x88\x80"
+
+
+# Close codes
+
+
+def test_close_codes_are_an_int_enum_with_the_old_names_as_aliases():
+    from balancer import frames
+
+    assert frames.CLOSE_NORMAL is frames.CloseCode.NORMAL == 1000
+    assert frames.CLOSE_GOING_AWAY is frames.CloseCode.GOING_AWAY == 1001
+    assert frames.CLOSE_PROTOCOL_ERROR is frames.CloseCode.PROTOCOL_ERROR == 1002
+    assert frames.CLOSE_INVALID_DATA is frames.CloseCode.INVALID_DATA == 1007
+    assert frames.CLOSE_TOO_BIG is frames.CloseCode.TOO_BIG == 1009
+    assert encode_close(frames.CloseCode.GOING_AWAY, "x", key=b"abcd") == encode_close(1001, "x", key=b"abcd")
+    assert ProtocolError("x").close_code is frames.CloseCode.PROTOCOL_ERROR
+    assert AllocationFailed("x").close_code is frames.CloseCode.TOO_BIG
+
+
+def test_codes_a_peer_may_send():
+    from balancer import frames
+
+    may_send = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+    assert may_send == frames._VALID_CLOSE_CODES
+    assert {1005, 1006, 1015} == frames.NOT_ON_WIRE
+
+
+@pytest.mark.parametrize("code", [1004, 1005, 1006, 1015, 999, 1016, 2999, 5000])
+def test_close_codes_never_sent_by_a_peer_are_refused(code):
+    with pytest.raises(ProtocolError, match="invalid status code"):
+        decode_all(frame(0x8, code.to_bytes(2, "big")))
