@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 DURATION ?= 600
+PURE_ENGINE_TESTS := $(wildcard tests/integration/test_lb_*.py tests/integration/test_hostile_*.py) \
+	tests/integration/test_faults.py tests/integration/test_autobahn.py
 
 .PHONY: demo test unit integration ktls lint bench bench-check soak clean sanitize
 
@@ -24,7 +26,8 @@ test: $(STAMP)
 	$(BIN)/python -c 'import balancer._speedups' 2>/dev/null || LB_REQUIRE_NATIVE=1 $(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check .
 	LB_REQUIRE_NATIVE=1 $(BIN)/pytest -m 'not ktls' tests
-	LB_ENGINE=python $(BIN)/pytest -q -m 'not ktls' tests/integration/test_lb_feed.py tests/integration/test_lb_worker.py
+	# every integration test of lb's data path again on the pure-Python engine (the reference)
+	LB_ENGINE=python $(BIN)/pytest -q -m 'not ktls' $(PURE_ENGINE_TESTS)
 	PYTHON=$(BIN)/python bash ci/sanitize.sh
 	$(BIN)/python -m ci.ktls_runner -- tests -m ktls
 

@@ -18,5 +18,7 @@ def test_short_soak(tmp_path):
     assert not r["verify_errors"] and r["gaps"] <= r["trades_in_cut_frames"]
     assert sum(r["faults_injected"].values()) >= 4
     assert r["worker_restarts"] == 0
-    assert abs(r["rss_growth_pct"]) <= 10, proc.stderr[-2000:]
+    # lb's memory does not grow beyond what held queued trades (see harness/soak.py)
+    assert r["rss_growth_beyond_backlog_pct"] <= 10, proc.stderr[-2000:]
+    assert r["rss_growth_pct"] <= 10 + 100 * r["backlog_peak_mib"] / r["rss_start_mib"], proc.stderr[-2000:]
     assert r["ok"] and proc.returncode == 0
