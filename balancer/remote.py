@@ -4,8 +4,10 @@
 
 Creates one pipe per partition and runs `EXE ARGS... FD1..FDN` in WORKDIR exactly as lb does
 (balancer/pipes.py and balancer/supervisor.py: PR_SET_PDEATHSIG, its own process group,
-re-fork on the same pipes after dropping the rest of a message the dead worker had partly
-read, EOF then SIGTERM at shutdown). Pipe *i* is the *i*-th partition of `--partitions`.
+re-fork on the same pipes, EOF then SIGTERM at shutdown). Unlike lb, a re-forked worker gets
+the message its predecessor had partly read again, whole (it is still unacknowledged), then
+everything after it: `Remote.redeliver_partly_read`. Pipe *i* is the *i*-th partition of
+`--partitions`.
 Each partition is read through a durable pull consumer `<durable>-<k>` on `<prefix>.<k>`.
 
 A JetStream message is acknowledged only once the worker has read all of it out of the pipe
