@@ -83,6 +83,19 @@ def boundary_from(data: bytes | memoryview, skip: int) -> int:
     return min(pos, end)
 
 
+def boundary_before(data: bytes | memoryview, offset: int) -> int:
+    """The last message boundary at or before byte `offset` of `data` (which starts on one):
+    the start of the message that byte `offset` is in."""
+    pos, end = 0, min(offset, len(data))
+    while True:
+        if end - pos < OVERHEAD:
+            return pos
+        following = pos + OVERHEAD + _length(data, pos)[0]
+        if following > end:
+            return pos
+        pos = following
+
+
 class FramedLengths:
     """The payload lengths of `data`'s messages, walked only if they are asked for.
 

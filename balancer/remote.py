@@ -4,8 +4,10 @@
 
 Creates one pipe per partition and runs `EXE ARGS... FD1..FDN` in WORKDIR exactly as lb does
 (balancer/pipes.py and balancer/supervisor.py: PR_SET_PDEATHSIG, its own process group,
-re-fork on the same pipes after dropping the rest of a message the dead worker had partly
-read, EOF then SIGTERM at shutdown). Pipe *i* is the *i*-th partition of `--partitions`.
+re-fork on the same pipes, EOF then SIGTERM at shutdown). Unlike lb, a re-forked worker gets
+the message its predecessor had partly read again, whole (it is still unacknowledged), then
+everything after it: `Remote.redeliver_partly_read`. Pipe *i* is the *i*-th partition of
+`--partitions`.
 Each partition is read through a durable pull consumer `<durable>-<k>` on `<prefix>.<k>`.
 
 A JetStream message is acknowledged only once the worker has read all of it out of the pipe
@@ -35,7 +37,7 @@ from urllib.parse import urlsplit
 
 from balancer import jsfeed
 from balancer.cli import split_argv
-from balancer.pipes import PipeSet
+from balancer.pipes import PipeSet, unread_bytes
 from balancer.router import Chunk
 from balancer.supervisor import (
     WorkerSpec,
@@ -130,6 +132,8 @@ class Remote:
         self._worker_gone = asyncio.Event()
         self._restart: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Future[None]] = set()
+        self.resent_messages = 0  # partly read messages a dead worker left, delivered again whole
+        self.resent_bytes = 0  # the parts of them the dead worker had read
 
     # -- the consumers ---------------------------------------------------------------------
 
@@ -322,6 +326,53 @@ class Remote:
             asyncio.get_running_loop().remove_writer(self.pipes.write_fds[pipe])
             self._watching.discard(pipe)
 
+    def redeliver_partly_read(self) -> None:
+        """After the worker died, before the next one starts: on every pipe where the dead
+        worker had read part of a message, write that message again, whole, then everything
+        after it.
+
+        The message is still unacknowledged, so its bytes are at hand (`Delivered.msg`). A pipe
+        is FIFO, so what it still holds is taken out (with lb's backlog behind it) and written
+        again after the message's start: the dead worker never got the message whole, so it
+        cannot have handled it, and what it had read entirely is not sent again. Call only
+        when no process but lb-remote holds the read ends. A pipe whose accounting does not
+        match what is pending is left to lb's resync (the rest of the message dropped).
+        """
+        for part in self.parts:
+            pipe = part.pipe
+            consumed = self.pipes.consumed(pipe)
+            pending = part.pending
+            index = next((i for i, d in enumerate(pending) if d.pipe_end > consumed), None)
+            if index is None:
+                continue  # the worker had read all of it
+            head = pending[index]
+            body = (head.msg.data or b"")[head.skip:]
+            inside = consumed - head.pipe_start
+            start = jsfeed.boundary_before(body, inside)
+            if start == inside:
+                continue  # on a boundary: nothing partly read
+            if pending[-1].pipe_end != self.pipes.accepted[pipe] or inside < 0:
+                log.error("pipe %d: pending messages do not cover the pipe; leaving it to resync", pipe)
+                continue
+            _take_back_unread(self.pipes, pipe)
+            head.skip += start  # the message's first byte: read before by a worker now dead
+            offset = self.pipes.accepted[pipe]
+            chunks = []
+            for i in range(index, len(pending)):
+                d = pending[i]
+                data = (d.msg.data or b"")[d.skip:]
+                d.pipe_start, d.pipe_end = offset, offset + len(data)
+                offset = d.pipe_end
+                if data:
+                    chunks.append(Chunk(data, jsfeed.FramedLengths(data), jsfeed.OVERHEAD))
+            if chunks and self.pipes.submit([(pipe, chunks)]):
+                self._watch(pipe)
+            self.resent_messages += 1
+            self.resent_bytes += inside - start
+            log.warning("pipe %d: the worker died %d bytes into a message (seq %d); writing it whole "
+                        "again for the next worker, %d bytes from its start", pipe, inside - start,
+                        head.seq, offset - head.pipe_start)
+
     async def acknowledge(self) -> None:
         """Ack, in order, every message the worker has read entirely; note the read position."""
         for part in self.parts:
@@ -370,6 +421,8 @@ class Remote:
             "gaps": sum(p.gaps for p in self.parts),
             "rewinds": sum(p.rewinds for p in self.parts),
             "discarded_bytes": self.pipes.discarded_bytes,
+            "resent_messages": self.resent_messages,
+            "resent_bytes": self.resent_bytes,
             "backlog_bytes": self.pipes.total_backlog,
             "partitions": {str(p.number): {"messages": p.messages, "bytes": p.bytes, "last_seq": p.last_seq,
                                            "acked_seq": p.acked} for p in self.parts},
@@ -402,6 +455,7 @@ class Remote:
     async def _restart_worker(self, pgid: int) -> None:
         lived = time.monotonic() - self.worker_started
         await self._end_group(pgid)
+        self.redeliver_partly_read()
         for d in self.pipes.resync():
             log.warning("pipe %d: discarded %d bytes, the rest of the message the dead worker had "
                         "partly read", d.pipe, d.bytes)
@@ -487,6 +541,21 @@ class Remote:
         if self.args.stats_file:
             write_json_atomic(self.args.stats_file, self.snapshot())
         await self.nc.close()
+
+
+def _take_back_unread(pipes: PipeSet, pipe: int) -> None:
+    """Empty a pipe and its userspace backlog, as if the reader had consumed it all (the
+    caller writes those bytes again). Only PipeSet's public counters are touched: afterwards
+    written == accepted == consumed, and the recorded message sizes before that are moot."""
+    unread = unread_bytes(pipes.read_fds[pipe])
+    while unread:
+        data = os.read(pipes.read_fds[pipe], min(unread, 1 << 20))
+        if not data:
+            raise OSError(f"pipe {pipe}: EOF while taking back {unread} unread bytes")
+        unread -= len(data)
+    pipes.written[pipe] += pipes.backlog_bytes[pipe]
+    pipes.backlog[pipe].clear()
+    pipes.backlog_bytes[pipe] = 0
 
 
 async def _ack_quietly(msg: Any) -> None:

@@ -27,6 +27,8 @@ from harness.sim import SimProcess
 from harness.wait import wait_for, wait_json
 
 NPIPES = 32
+# by path: lb-remote runs its worker in its WORKDIR, where `-m bench.drain_worker` is not importable
+DRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "drain_worker.py")
 
 
 def _bridge(url: str, workdir: str) -> list[str]:
@@ -51,7 +53,7 @@ def throughput(trades: int, npipes: int = NPIPES) -> dict[str, Any]:
                               stdin=subprocess.DEVNULL)
         rdir = os.path.join(work, "remote")
         os.makedirs(rdir)
-        worker = [sys.executable, "-m", "bench.drain_worker", "--expect", str(info["pipe_bytes"]),
+        worker = [sys.executable, DRAIN, "--expect", str(info["pipe_bytes"]),
                   "--notify", fifo]
         remote = RemoteProcess(nats.url, "BENCH", f"0-{npipes - 1}", rdir, worker).start()
         assert blaster.stdout is not None and blaster.stdin is not None
@@ -95,7 +97,7 @@ def latency(rate: str, seconds: float = 12.0, skip: float = 2.0, tail: float = 1
     rdir = os.path.join(work, "remote")
     os.makedirs(rdir)
     remote = RemoteProcess(nats.url, "BENCH", f"0-{npipes - 1}", rdir,
-                           [sys.executable, "-m", "bench.drain_worker", "--latency", samples_path])
+                           [sys.executable, DRAIN, "--latency", samples_path])
     try:
         remote.start()
         lb.start()

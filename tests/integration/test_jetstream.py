@@ -7,6 +7,7 @@ ledger, per symbol: count, first and last q, and the CRC-32 chained over the pay
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import glob
 import os
@@ -19,7 +20,18 @@ import pytest
 
 from harness.jetstream import NATS_SERVER, NatsCluster, NatsServer
 from harness.wait import read_json, wait_for
-from tests.integration.js_helpers import DUMP, ENV, RECORDER, Chain, compare, read_recorded, tally
+from tests.integration.js_helpers import (
+    DUMP,
+    ENV,
+    RECORDER,
+    Chain,
+    Recorded,
+    compare,
+    read_recorded,
+    tally,
+)
+from tests.integration.js_record_worker import DIE_FLAG
+from workers.handler import HandlerContext
 from workers.verify import VerifyHandler
 
 
@@ -141,28 +153,54 @@ def test_bridge_sigkill(nats_server, chain_factory):
     assert remote.stats()["gaps"] == 0
 
 
+def verify_recorded(npipes: int, recorded: Recorded) -> dict:
+    """verify's report over what the recorder workers read, pipe by pipe in order."""
+    handler = VerifyHandler(HandlerContext(npipes, list(range(npipes)), argparse.Namespace()))
+    for pipe, payloads in recorded.payloads.items():
+        handler.on_batch(pipe, payloads)
+    return handler.snapshot()
+
+
 def test_remote_worker_sigkill(nats_server, chain_factory):
-    """lb-remote re-forks its worker after dropping the rest of the message it had in hand:
-    nothing arrives twice, at most one message per kill is lost (the one being read)."""
+    """The remote worker SIGKILLed four times, twice inside a message on purpose, twice from
+    outside: lb-remote writes the message a dead worker had partly read again, whole, then
+    everything after it, from JetStream's unacknowledged messages: exactly once, nothing
+    discarded."""
     chain = chain_factory(nats_server.url, trades=150_000)
     chain.start_feed()
+    workdir = chain.remote_dir()
+    flag = os.path.join(workdir, DIE_FLAG)
     remote = chain.remote(RECORDER)
     kills = 0
-    for step in range(1, 4):
-        wait_for(lambda s=step: remote.stats().get("messages", 0) > s * 30_000, 30, "delivery")
+    for step in range(1, 5):
+        wait_for(lambda s=step: remote.stats().get("messages", 0) > s * 25_000, 30, "delivery")
         pid = remote.ready()["worker_pid"]
-        os.kill(pid, signal.SIGKILL)
+        if step % 2:
+            open(flag, "w").close()  # the worker kills itself halfway through a message
+        else:
+            os.kill(pid, signal.SIGKILL)
         kills += 1
         wait_for(lambda p=pid: remote.ready().get("worker_pid") not in (None, p), 15, "a new worker")
+        assert not os.path.exists(flag)
     ledger = chain.ledger()
     sent = ledger["totals"]["trades_sent"]
     chain.wait_delivered(remote, sent)
     assert remote.stop() == 0
-    t = tally(ledger, read_recorded(chain.remote_dir(), chain.npipes))
-    assert t.duplicates == 0 and t.out_of_order == 0, t
-    assert t.missing <= kills, t
-    assert t.received + t.missing == sent, t
-    assert remote.stats()["worker_restarts"] == kills
+    recorded = read_recorded(workdir, chain.npipes)
+    t = tally(ledger, recorded)
+    assert (t.missing, t.duplicates, t.out_of_order, t.crc_mismatch) == (0, 0, 0, 0), t
+    assert t.received == sent, t
+    report = verify_recorded(chain.npipes, recorded)
+    assert compare(ledger, report) == [], chain.logs()[-3000:]
+    assert report["errors"] == dict.fromkeys(report["errors"], 0)
+    assert report["gaps"] == 0 and report["messages"] == sent
+    stats = remote.stats()
+    assert stats["worker_restarts"] == kills
+    assert stats["discarded_bytes"] == 0
+    # the two deaths inside a message at least: each left a partial tail, and it came again whole
+    assert recorded.partial_tails >= 2
+    assert stats["resent_messages"] == recorded.partial_tails, (stats, recorded.partial_tails)
+    assert stats["resent_bytes"] > 0
 
 
 def test_remote_sigkill_and_restart(nats_server, chain_factory):

@@ -96,6 +96,19 @@ def test_remote_rejects_what_is_not_whole_messages(bad):
         jsfeed.message_lengths(bad, 1 << 20)
 
 
+def test_boundary_before():
+    assert jsfeed.boundary_before(DATA, 0) == 0
+    assert jsfeed.boundary_before(DATA, 1) == 0  # inside the header of the first message
+    assert jsfeed.boundary_before(DATA, SIZE - 1) == 0
+    assert jsfeed.boundary_before(DATA, SIZE) == SIZE
+    assert jsfeed.boundary_before(DATA, 3 * SIZE + 5) == 3 * SIZE
+    assert jsfeed.boundary_before(DATA, len(DATA)) == len(DATA)
+    uneven = frame_all([b"x" * 10, b"", b"y" * 300, b"z"])
+    starts = [0, 14, 18, 322]
+    for offset in range(len(uneven) + 1):
+        assert jsfeed.boundary_before(uneven, offset) == max(s for s in [*starts, len(uneven)] if s <= offset)
+
+
 def test_boundary_from():
     assert jsfeed.boundary_from(DATA, 0) == 0
     assert jsfeed.boundary_from(DATA, 1) == SIZE  # inside the first message: skip to the next

@@ -1,0 +1,118 @@
+"""lb-remote after its worker died: the partly read message again, whole, then the rest.
+
+Real pipes (lb's PipeSet, 64 KiB, so most of what is delivered waits in the userspace
+backlog); the "worker" is this test reading the read end; JetStream messages are stand-ins
+carrying only what `Remote.deliver` looks at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from types import SimpleNamespace
+
+from balancer import jsfeed
+from balancer.remote import Remote
+from workers.framing import frame_all
+
+
+def js_message(seq: int, data: bytes) -> SimpleNamespace:
+    return SimpleNamespace(data=data, headers=None,
+                           metadata=SimpleNamespace(sequence=SimpleNamespace(stream=seq)))
+
+
+def make_remote(tmp_path, npartitions: int = 2) -> Remote:
+    args = argparse.Namespace(partitions=list(range(npartitions)), pipe_size=65536,
+                              state=str(tmp_path / "state"), max_message=1 << 20)
+    return Remote(args)
+
+
+def bodies(count: int, per: int, tag: bytes) -> list[bytes]:
+    n = 0
+    out = []
+    for _ in range(count):
+        payloads = [b'{"sym":"%s","q":%d,"pad":"%s"}' % (tag, q, b"x" * (q % 37)) for q in range(n, n + per)]
+        n += per
+        out.append(frame_all(payloads))
+    return out
+
+
+def read(remote: Remote, pipe: int, nbytes: int) -> bytes:
+    """What a worker would read: exactly nbytes, flushing lb-remote's backlog as it goes."""
+    out = b""
+    while len(out) < nbytes:
+        remote._flush(pipe)
+        out += os.read(remote.pipes.read_fds[pipe], min(nbytes - len(out), 65536))
+    return out
+
+
+def read_all(remote: Remote, pipe: int) -> bytes:
+    return read(remote, pipe, remote.pipes.accepted[pipe] - remote.pipes.consumed(pipe))
+
+
+def test_partly_read_message_comes_again_whole(tmp_path):
+    async def scenario() -> None:
+        remote = make_remote(tmp_path)
+        part = remote.parts[0]
+        data = bodies(4, 800, b"AAPL")  # about 4 x 40 KB: most of it backlogged behind a 64 KiB pipe
+        for seq, body in enumerate(data, 1):
+            assert remote.deliver(part, js_message(seq, body))
+        stream = b"".join(data)
+        assert remote.pipes.backlog_bytes[0] > 0
+        # the worker reads 1.5 JetStream messages and 7 bytes into a pipe message, then dies
+        cut = len(data[0]) + len(data[1]) // 2 + 7
+        first = read(remote, 0, cut)
+        await remote.acknowledge()
+        assert part.acked == 1  # the first JetStream message was read entirely
+        start = len(data[0]) + jsfeed.boundary_before(data[1], cut - len(data[0]))
+        assert start < cut
+
+        remote.redeliver_partly_read()
+        assert remote.pipes.resync() == []  # every pipe on a boundary already: nothing dropped
+        assert remote.pipes.discarded_bytes == 0
+        assert (remote.resent_messages, remote.resent_bytes) == (1, cut - start)
+        # the next worker gets the message from its first byte, then everything after it
+        second = read_all(remote, 0)
+        assert first[:start] + second == stream
+        assert remote.pipes.total_backlog == 0
+        await remote.acknowledge()
+        assert part.acked == 4 and not part.pending
+        assert remote.progress.read(0)[:2] == (5, 0)  # resume after the last JetStream message
+        remote.pipes.close()
+
+    asyncio.run(scenario())
+
+
+def test_death_on_a_boundary_or_twice_inside_the_same_message(tmp_path):
+    async def scenario() -> None:
+        remote = make_remote(tmp_path)
+        a, b = remote.parts
+        data_a = bodies(3, 500, b"MSFT")
+        data_b = bodies(3, 500, b"NVDA")
+        for seq, (x, y) in enumerate(zip(data_a, data_b, strict=True), 1):
+            assert remote.deliver(a, js_message(seq, x))
+            assert remote.deliver(b, js_message(seq, y))
+        stream_a, stream_b = b"".join(data_a), b"".join(data_b)
+        # pipe 0: read exactly to a message boundary; pipe 1: inside a header
+        got_a = read(remote, 0, jsfeed.boundary_before(stream_a, 30_000))
+        got_b = read(remote, 1, 40_000)
+        start_b = jsfeed.boundary_before(stream_b, 40_000)
+        if start_b == 40_000:
+            start_b = jsfeed.boundary_before(stream_b, 40_001)
+            got_b += read(remote, 1, 1)
+        remote.redeliver_partly_read()
+        assert remote.resent_messages == 1  # pipe 1 only
+        # the next worker dies too, 2 bytes into the same message (inside its header)
+        got_b = got_b[:start_b] + read(remote, 1, 2)
+        remote.redeliver_partly_read()
+        assert remote.resent_messages == 2
+        assert remote.pipes.resync() == []
+        got_a += read_all(remote, 0)
+        got_b = got_b[:start_b] + read_all(remote, 1)
+        assert (got_a, got_b) == (stream_a, stream_b)
+        await remote.acknowledge()
+        assert (a.acked, b.acked) == (3, 3)
+        remote.pipes.close()
+
+    asyncio.run(scenario())
