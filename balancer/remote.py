@@ -265,7 +265,7 @@ class Remote:
         if seq < part.resume_seq:
             skip = len(data)
         elif seq == part.resume_seq:
-            skip = jsfeed.boundary_from(data, part.resume_skip)
+            skip = jsfeed.boundary_before(data, part.resume_skip)  # a partly read message: whole again
         start = -1
         epoch = part.epoch
         if origin is not None:

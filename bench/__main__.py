@@ -117,7 +117,7 @@ def latency(rate: str, tls: bool, seconds: float = 12.0, skip: float = 2.0,
     if not tls:
         sim_args.append("--no-tls")
     sim = SimProcess(sim_args, ledger=False, workdir=work).start()
-    worker = [sys.executable, "-m", "bench.drain_worker", "--latency", samples_path]
+    worker = [sys.executable, os.path.join(HERE, "drain_worker.py"), "--latency", samples_path]
     options = ["--stats-interval", "0", "-q"] + (["--cafile", sim.cafile] if sim.cafile else [])
     lb = LbProcess(sim.url, 32, work, worker, options=options)
     try:

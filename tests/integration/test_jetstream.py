@@ -205,8 +205,8 @@ def test_remote_worker_sigkill(nats_server, chain_factory):
 
 def test_remote_sigkill_and_restart(nats_server, chain_factory):
     """lb-remote (and with it its worker) SIGKILLed, restarted: delivery resumes where the worker
-    had read to, per its last note (every 5 ms). Only what the worker read after that note can
-    arrive twice; nothing else is lost than the message in hand."""
+    had read to, per its last note (every 5 ms), at the start of a message it was inside. Only
+    what the worker read after that note can arrive twice; nothing is lost."""
     chain = chain_factory(nats_server.url, trades=150_000)
     chain.start_feed()
     remote = chain.remote(RECORDER)
@@ -220,11 +220,11 @@ def test_remote_sigkill_and_restart(nats_server, chain_factory):
     ledger = chain.ledger()
     sent = ledger["totals"]["trades_sent"]
     wait_for(lambda: (t := tally(ledger, read_recorded(chain.remote_dir(), chain.npipes))).received
-             - t.duplicates + t.missing >= sent and t.missing <= kills, 60, "every trade recorded")
+             - t.duplicates >= sent, 60, "every trade recorded")
     assert remote.stop() == 0
     t = tally(ledger, read_recorded(chain.remote_dir(), chain.npipes))
-    assert t.out_of_order == 0 and t.crc_mismatch <= kills, t
-    assert t.missing <= kills, t
+    assert t.out_of_order == 0 and t.crc_mismatch == 0, t
+    assert t.missing == 0, t
     # twice only what a worker read in its last moments: at most a pipe's fill per partition
     assert t.duplicates <= kills * chain.npipes * (1 << 20) // 100, t
     print(f"lb-remote SIGKILL x{kills}: {t}")

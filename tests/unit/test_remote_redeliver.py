@@ -116,3 +116,22 @@ def test_death_on_a_boundary_or_twice_inside_the_same_message(tmp_path):
         remote.pipes.close()
 
     asyncio.run(scenario())
+
+
+def test_a_restart_resumes_at_the_start_of_a_partly_read_message(tmp_path):
+    """lb-remote restarted from a note taken while its worker was inside a message: that
+    message comes again whole (the worker never had it whole); one on a boundary does not."""
+    async def scenario() -> None:
+        body = bodies(1, 50, b"MSFT")[0]
+        cut = jsfeed.boundary_from(body, len(body) // 2)  # a boundary in the middle
+        second_len = int.from_bytes(body[cut:cut + 4], "little") + 4
+        for resume_skip, expected in ((cut + 3, body[cut:]), (cut, body[cut:]),
+                                      (cut + second_len, body[cut + second_len:])):
+            remote = make_remote(tmp_path)
+            part = remote.parts[0]
+            part.resume_seq, part.resume_skip = 1, resume_skip
+            assert remote.deliver(part, js_message(1, body))
+            assert read_all(remote, 0) == expected, resume_skip
+            remote.pipes.close()
+
+    asyncio.run(scenario())
