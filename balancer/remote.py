@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import logging
 import os
 import signal
@@ -51,7 +50,7 @@ from balancer.supervisor import (
     spawn,
 )
 from common.atomicfile import write_json_atomic
-from common.units import positive_duration, size
+from common.units import positive_duration, size, time_arg
 from common.version import add_version_option
 
 log = logging.getLogger("lb-remote")
@@ -604,18 +603,6 @@ def servers(text: str) -> list[str]:
     return out
 
 
-def since(text: str) -> datetime.datetime:
-    try:
-        return datetime.datetime.fromtimestamp(float(text), tz=datetime.UTC)
-    except ValueError:
-        pass
-    try:
-        value = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601 or Unix seconds)") from None
-    return value if value.tzinfo else value.astimezone()
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lb-remote", description=__doc__.split("\n\n")[0])
     add_version_option(p)
@@ -630,7 +617,7 @@ def parser() -> argparse.ArgumentParser:
                    help="partitions to read, e.g. 0-15 or 0-3,8; pipe i is the i-th")
     p.add_argument("--durable", default="lb-remote", help="durable consumer prefix (default lb-remote)")
     replay = p.add_mutually_exclusive_group()
-    replay.add_argument("--since", type=since, metavar="TIME",
+    replay.add_argument("--since", type=time_arg, metavar="TIME",
                         help="replay from TIME (ISO 8601 or Unix seconds)")
     replay.add_argument("--from-seq", type=int, metavar="N", help="replay from stream sequence N")
     p.add_argument("--pipe-size", type=size, default=1 << 20, metavar="SIZE")

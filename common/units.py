@@ -10,6 +10,7 @@ never repeats the input (it could be a misplaced key: the caller names the argum
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 from collections.abc import Callable
 from typing import TypeVar
@@ -66,6 +67,19 @@ def format_size(size: int) -> str:
     return str(size)
 
 
+def parse_time(text: str) -> datetime.datetime:
+    """A point in time: ISO 8601 (local time when it names no zone) or Unix seconds."""
+    try:
+        return datetime.datetime.fromtimestamp(float(text), tz=datetime.UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("not a time (ISO 8601, e.g. 2026-12-03T09:30-05:00, or Unix seconds)") from None
+    return value if value.tzinfo else value.astimezone()
+
+
 def format_bytes(n: float) -> str:
     """Binary units, as the size options take them: 4M is "4.0 MiB"."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -103,3 +117,5 @@ positive_duration = argtype(parse_positive_duration)
 """argparse type: a duration above zero."""
 size = argtype(parse_size)
 """argparse type: a size in bytes above zero."""
+
+time_arg = argtype(parse_time)

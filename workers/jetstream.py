@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from common.units import duration, positive_duration, size
+from common.units import duration, positive_duration, size, time_arg
 from common.version import add_version_option
 from workers import jsproto, natsconn
 from workers.framing import MAX_MESSAGE, split_frames
@@ -166,18 +166,6 @@ class JetStreamReader:
             self.nc = None
 
 
-def since_time(text: str) -> datetime.datetime:
-    try:
-        return datetime.datetime.fromtimestamp(float(text), tz=datetime.UTC)
-    except ValueError:
-        pass
-    try:
-        value = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r}") from None
-    return value if value.tzinfo else value.astimezone()
-
-
 async def run_handler(args: argparse.Namespace, handler_class: Any, options: natsconn.NatsOptions) -> int:
     partitions = jsproto.parse_partitions(args.partitions)
     label = f"jetstream {handler_class.name}"
@@ -218,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--durable", metavar="NAME", help="durable consumers NAME-<k> (default: ephemeral)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--from-seq", type=int, metavar="N")
-    group.add_argument("--since", type=since_time, metavar="TIME")
+    group.add_argument("--since", type=time_arg, metavar="TIME")
     parser.add_argument("--idle", type=duration, default=0, metavar="DURATION",
                         help="end after this long without a message (default: run until SIGTERM)")
     parser.add_argument("--handler", default="stats", metavar="NAME|module:name")

@@ -134,3 +134,17 @@ def test_the_user_agent_carries_the_version() -> None:
     from balancer.session import USER_AGENT
 
     assert f"trade-balancer-lb/{VERSION}" == USER_AGENT
+
+
+def test_points_in_time() -> None:
+    import datetime
+
+    from common.units import parse_time
+
+    assert parse_time("1700000000") == datetime.datetime(2023, 11, 14, 22, 13, 20, tzinfo=datetime.UTC)
+    at = parse_time("2026-12-03T09:30-05:00")
+    assert at.utcoffset() == datetime.timedelta(hours=-5) and at.hour == 9
+    assert parse_time("2026-12-03T09:30").tzinfo is not None  # local time, made aware
+    with pytest.raises(ValueError) as caught:
+        parse_time("sk_live_KEY")
+    assert "sk_live_KEY" not in str(caught.value)  # never repeats the input
