@@ -35,7 +35,9 @@ setup(
             "balancer._speedups",
             ["balancer/_speedups.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-D_GNU_SOURCE"],
-            optional=True,
+            # OptionalBuildExt decides: setuptools' own optional=True would swallow the failure
+            # before LB_REQUIRE_NATIVE could make it an error
+            optional=False,
         )
     ],
     cmdclass={"build_ext": OptionalBuildExt},
