@@ -5,22 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from typing import Any
 
-from harness.wait import read_json, wait_for
+from harness.net import free_port
+from harness.wait import read_json, read_text, wait_for
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 BIN = os.path.dirname(sys.executable)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NatsServer:
@@ -66,11 +60,7 @@ class NatsServer:
         return self
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(self.log_path)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -149,11 +139,7 @@ class RemoteProcess:
         return read_json(self.ready_file) or {}
 
     def log(self) -> str:
-        try:
-            with open(self.stderr_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(self.stderr_path)
 
     def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None

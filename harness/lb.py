@@ -10,7 +10,7 @@ import sys
 import tempfile
 from typing import Any
 
-from harness.wait import read_json, wait_for, wait_json
+from harness.wait import read_json, read_text, wait_for, wait_json
 
 _running: list[LbProcess] = []
 
@@ -68,11 +68,7 @@ class LbProcess:
         return wait_for(check, timeout, what)
 
     def log(self) -> str:
-        try:
-            with open(self.stderr_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(self.stderr_path)
 
     def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None

@@ -21,6 +21,8 @@ import tempfile
 import time
 from typing import IO, Any
 
+from harness.wait import read_text
+
 DEFAULT_START_TIMEOUT = 30.0
 _OWN_WORKDIRS: set[str] = set()
 
@@ -192,14 +194,7 @@ class SimProcess:
             time.sleep(0.02)
 
     def log(self) -> str:
-        parts = []
-        for path in (self.stdout_file, self.stderr_file):
-            try:
-                with open(path, errors="replace") as f:
-                    parts.append(f.read())
-            except FileNotFoundError:
-                pass
-        return "".join(parts)
+        return read_text(self.stdout_file) + read_text(self.stderr_file)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the simulator process so far, from /proc."""

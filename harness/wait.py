@@ -36,6 +36,15 @@ def read_json(path: str) -> dict[str, Any] | None:
         return None
 
 
+def read_text(path: str) -> str:
+    """A log file's text so far ("" before it exists); undecodable bytes replaced."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def wait_json(path: str, timeout: float, what: str | None = None) -> dict[str, Any]:
     return wait_for(lambda: read_json(path), timeout, what or f"{os.path.basename(path)}")
 

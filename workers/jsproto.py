@@ -79,18 +79,7 @@ def parse_partitions(text: str, limit: int | None = None) -> list[int]:
 def complete_prefix(data: bytes | memoryview, max_message: int) -> int:
     """Bytes of `data` that are whole messages, from its start. Raises ValueError on a length
     over `max_message` at the first message (later ones stop the prefix before them)."""
-    pos, end = 0, len(data)
-    while end - pos >= HEADER:
-        (length,) = _unpack_length(data, pos)
-        if length > max_message:
-            if pos == 0:
-                raise ValueError(f"message length {length} exceeds {max_message}")
-            break
-        stop = pos + HEADER + length
-        if stop > end:
-            break
-        pos = stop
-    return pos
+    return cut_batch_counted(data, len(data), max_message)[0]
 
 
 def cut_batch(data: bytes | memoryview, max_batch: int, max_message: int) -> int:

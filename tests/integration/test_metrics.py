@@ -12,16 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from balancer import metrics
 from harness.lb import LbProcess
+from harness.net import free_port
 from harness.sim import SimProcess
 from harness.wait import read_json, wait_for
 
 POOL = os.path.join(os.path.dirname(sys.executable), "lb-pool")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
