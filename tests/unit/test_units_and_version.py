@@ -35,9 +35,20 @@ def test_durations(text: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "ms", "5d", "-1s", "ten", "1 hour", "nan"])
-def test_bad_durations_name_the_input(text: str) -> None:
+def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_errors_never_repeat_the_input_and_huge_numbers_are_refused() -> None:
+    """A misplaced API key must not reach a usage error; more digits than a float holds is a
+    bad value (ValueError), not an infinite duration or an OverflowError traceback."""
+    huge = "9" * 400
+    for parse, text in ((parse_duration, "sk_live_KEY"), (parse_size, "sk_live_KEY"),
+                        (parse_duration, huge), (parse_size, huge), (parse_size, huge + "K")):
+        with pytest.raises(ValueError) as caught:
+            parse(text)
+        assert text not in str(caught.value)
 
 
 def test_positive_durations_refuse_zero() -> None:
