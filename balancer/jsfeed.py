@@ -123,3 +123,79 @@ def trusted_count(headers: dict[str, str] | None) -> int:
     """The bridge's `Lb-Messages` count, or -1 if absent or malformed."""
     text = (headers or {}).get(COUNT, "")
     return int(text) if text.isdigit() else -1
+
+
+# -- pull requests kept outstanding ------------------------------------------------------------
+#
+# A JetStream pull request (`$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`, JSON `{"batch": N,
+# "expires": ns}`, reply subject = our inbox) asks the server for up to N messages; it hands
+# each one over as soon as it is stored, until N went out or `expires` passed. Then it sends
+# a status message: 408 Request Timeout, with `Nats-Pending-Messages` (how many of the N were
+# never sent). Keeping requests for about a batch always outstanding makes a pull consumer
+# deliver like a push one, without a round trip per fetch, while the credit still bounds what
+# is in flight. Several requests may be outstanding and the server may fill them in any
+# order, so only the total is counted: requested - delivered - (the pending of every ended
+# request). The consumer itself delivers in stream order whichever request a message fills.
+
+STATUS = "Status"
+PENDING_MESSAGES = "Nats-Pending-Messages"
+HEARTBEAT, NO_MESSAGES, REQUEST_TIMEOUT, CONFLICT = "100", "404", "408", "409"
+
+
+def pull_status(headers: dict[str, str] | None) -> tuple[str, int | None] | None:
+    """(status code, pending messages or None) of a status message, None for a message."""
+    if not headers:
+        return None
+    code = headers.get(STATUS)
+    if not code:
+        return None
+    pending = headers.get(PENDING_MESSAGES, "")
+    return code, int(pending) if pending.isdigit() else None
+
+
+class PullCredit:
+    """How many messages the outstanding pull requests of one consumer may still bring."""
+
+    __slots__ = ("batch", "expires", "heard", "outstanding")
+
+    def __init__(self, batch: int, expires: float) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.batch = batch
+        self.expires = expires
+        self.outstanding = 0
+        self.heard = 0.0  # when the server last answered (a message or a status), or we asked
+
+    def wanted(self, room: bool) -> int:
+        """Messages to ask for now: topped up to a batch once half of it has arrived."""
+        if not room or self.outstanding > self.batch // 2:
+            return 0
+        return self.batch - self.outstanding
+
+    def requested(self, count: int, now: float) -> None:
+        self.outstanding += count
+        self.heard = now
+
+    def delivered(self, now: float) -> None:
+        self.outstanding = max(0, self.outstanding - 1)
+        self.heard = now
+
+    def status(self, code: str, pending: int | None, now: float) -> None:
+        """A status message: an ended request gives back what it did not bring."""
+        self.heard = now
+        if code == HEARTBEAT:
+            return
+        if pending is None:
+            # a request ended without saying what it owed (an old server, a conflict): forget
+            # all of them; a late message of a forgotten one is delivered all the same
+            self.outstanding = 0
+        else:
+            self.outstanding = max(0, self.outstanding - pending)
+
+    def lost(self, now: float) -> bool:
+        """Requests outstanding and nothing heard for longer than one could live: the server
+        forgot them (a restart, a leader change). The caller asks again."""
+        if self.outstanding and now - self.heard > self.expires + 1.0:
+            self.outstanding = 0
+            return True
+        return False

@@ -57,6 +57,10 @@ log = logging.getLogger("lb-remote")
 
 EXIT_USAGE = 2
 TICK = 0.005
+JS_API = "$JS.API"
+PULL_EXPIRES = 5.0  # a pull request's life on the server; one lost is asked again after it
+WATCH = 0.25  # a partition's loop looks at its credit at least this often
+ACK_INTERVAL = 0.05  # a partition's read messages are acked at most this often
 GROUP_EXIT_WAIT = 5.0
 QUICK_DEATH = 1.0
 BACKOFF_MAX = 5.0
@@ -94,6 +98,10 @@ class Partition:
     rewound_at: int = -1
     rewind: bool = False
     noted: tuple[int, int, int, str] = (0, 0, -1, "")
+    credit: jsfeed.PullCredit | None = None  # while its pull requests are outstanding
+    unacked: list[Delivered] = field(default_factory=list)  # read by the worker, ack not sent
+    acked_at: float = 0.0
+    wake: asyncio.Event | None = None
 
 
 class ProgressFile:
@@ -156,7 +164,7 @@ class Remote:
         a = self.args
         name = f"{a.durable}-{part.number}"
         config = ConsumerConfig(durable_name=name, filter_subject=f"{a.prefix}.{part.number}",
-                                ack_policy=AckPolicy.EXPLICIT, ack_wait=a.ack_wait,
+                                ack_policy=AckPolicy.ALL, ack_wait=a.ack_wait,
                                 max_ack_pending=a.max_ack_pending, deliver_policy=DeliverPolicy.ALL)
         try:
             existing = await self.js.consumer_info(a.stream, name)
@@ -188,20 +196,15 @@ class Remote:
 
     async def pull(self, part: Partition) -> None:
         while not self.stopping:
-            sub = await self._subscribe(part)
+            await self._consumer_ready(part)
             part.rewind = False
-            await self._fetch_until_rewind(part, sub)
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+            await self._stream(part)
 
-    async def _subscribe(self, part: Partition) -> Any:
-        name = f"{self.args.durable}-{part.number}"
+    async def _consumer_ready(self, part: Partition) -> None:
         while True:
             try:
                 await self.ensure_consumer(part)
-                return await self.js.pull_subscribe_bind(durable=name, stream=self.args.stream)
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -209,39 +212,69 @@ class Remote:
                             type(exc).__name__)
                 await asyncio.sleep(0.5)
 
-    async def _fetch_until_rewind(self, part: Partition, sub: Any) -> None:
-        window = self.args.window
-        while not self.stopping and not part.rewind:
-            if self.pipes.accepted[part.pipe] - self.pipes.consumed(part.pipe) > window:
-                await asyncio.sleep(TICK)
-                continue
-            try:
-                msgs = await self._fetch(sub)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("partition %d: fetch failed (%s); retrying", part.number, type(exc).__name__)
-                await asyncio.sleep(0.2)
-                continue
-            for msg in msgs:
-                if part.rewind or not self.deliver(part, msg):
-                    break
+    def _room(self, part: Partition) -> bool:
+        return self.pipes.accepted[part.pipe] - self.pipes.consumed(part.pipe) <= self.args.window
 
-    async def _fetch(self, sub: Any) -> list[Any]:
-        """The next message as soon as there is one, then what else is there right now.
+    async def _stream(self, part: Partition) -> None:
+        """Deliver the partition's messages as they are stored, until a rewind or the end.
 
-        One `fetch(N)` would hold the first messages until N arrived or its timeout passed
-        (nats-py's lingering pull): seconds of latency on a quiet partition.
+        About `--fetch` messages are always asked for (jsfeed.PullCredit): the server sends
+        each as soon as it has it, with no round trip per message; the credit is topped up
+        only while the worker's unread bytes are within --window.
         """
-        msgs = await sub.fetch(1, timeout=1.0)
-        if self.args.fetch > 1:
+        name = f"{self.args.durable}-{part.number}"
+        subject = f"{JS_API}.CONSUMER.MSG.NEXT.{self.args.stream}.{name}"
+        credit = jsfeed.PullCredit(self.args.fetch, PULL_EXPIRES)
+        wake = asyncio.Event()
+
+        async def on_msg(msg: Any) -> None:
+            if part.rewind or self.stopping:
+                return
+            now = time.monotonic()
+            status = jsfeed.pull_status(msg.headers)
+            if status is not None:
+                code, pending = status
+                credit.status(code, pending, now)
+                if code == jsfeed.CONFLICT:
+                    log.info("partition %d: pull request ended: %s %s", part.number, code,
+                             (msg.headers or {}).get("Description", ""))
+            else:
+                credit.delivered(now)
+                if not self.deliver(part, msg):
+                    wake.set()
+                    return
+            if credit.wanted(self._room(part)):
+                wake.set()
+
+        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=on_msg)
+        part.credit, part.wake = credit, wake
+        try:
+            while not self.stopping and not part.rewind:
+                now = time.monotonic()
+                if credit.lost(now):
+                    log.warning("partition %d: no answer to pull requests for %.0f s; asking again",
+                                part.number, PULL_EXPIRES)
+                want = credit.wanted(self._room(part))
+                if want:
+                    request = b'{"batch":%d,"expires":%d}' % (want, int(PULL_EXPIRES * 1e9))
+                    try:
+                        await self.nc.publish(subject, request, reply=sub.subject)
+                    except Exception as exc:  # disconnected: a reconnect rewinds us
+                        log.debug("partition %d: pull request not sent: %s", part.number, exc)
+                        await asyncio.sleep(0.2)
+                        continue
+                    credit.requested(want, now)
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), WATCH)
+                except TimeoutError:
+                    pass
+        finally:
+            part.credit = part.wake = None
             try:
-                msgs += await sub.fetch(self.args.fetch - 1, timeout=0.002)
-            except TimeoutError:
+                await sub.unsubscribe()
+            except Exception:
                 pass
-        return msgs
 
     def rewind_all(self) -> None:
         """After a reconnect: deliveries in flight on the old connection are gone until
@@ -372,8 +405,9 @@ class Remote:
                         "again for the next worker, %d bytes from its start", pipe, inside - start,
                         head.seq, offset - head.pipe_start)
 
-    async def acknowledge(self) -> None:
-        """Ack, in order, every message the worker has read entirely; note the read position."""
+    async def acknowledge(self, final: bool = False) -> None:
+        """Note the worker's read position; ack, in order, what it has read entirely (at most
+        every ACK_INTERVAL per partition, or when half of --max-ack-pending is waiting)."""
         for part in self.parts:
             consumed = self.pipes.consumed(part.pipe)
             done = []
@@ -389,16 +423,27 @@ class Remote:
                 end = last.origin + len(last.msg.data or b"") if last.origin >= 0 else -1
                 note = (last.seq + 1, 0, end, last.epoch)
             else:
-                continue
+                note = part.noted
             if note != part.noted:
                 self.progress.write(part.pipe, *note)
                 part.noted = note
-            for delivered in done:
-                part.acked = delivered.seq  # read by the worker, whether or not the ack gets through
+            part.unacked.extend(done)
+            due = final or len(part.unacked) >= self.args.max_ack_pending // 2 or (
+                part.unacked and time.monotonic() - part.acked_at >= ACK_INTERVAL)
+            if due and part.unacked:
+                # AckPolicy.ALL: one ack covers every earlier message of the partition. Acks
+                # only move the server's ack floor (what a new consumer starts from, what is
+                # redelivered after --ack-wait); where the worker is, is the note above.
+                last = part.unacked[-1]
+                part.unacked.clear()
+                part.acked_at = time.monotonic()
+                part.acked = last.seq  # read by the worker, whether or not the ack gets through
                 try:
-                    await delivered.msg.ack()
+                    await last.msg.ack()
                 except Exception as exc:  # disconnected: the ack floor lags; the note holds
-                    log.debug("ack of seq %d failed: %s", delivered.seq, exc)
+                    log.debug("ack of seq %d failed: %s", last.seq, exc)
+            if part.wake is not None and part.credit is not None and part.credit.wanted(self._room(part)):
+                part.wake.set()  # the worker made room: top the pull requests up
 
     async def ticker(self) -> None:
         last_stats = 0.0
@@ -532,7 +577,7 @@ class Remote:
             await self._end_group(pid)
         if self._restart is not None:
             self._restart.cancel()
-        await self.acknowledge()
+        await self.acknowledge(final=True)
         try:
             await self.nc.flush(timeout=2)
         except Exception:

@@ -24,7 +24,7 @@ from typing import Any
 from harness.jetstream import BIN, NatsServer, RemoteProcess
 from harness.lb import LbProcess
 from harness.sim import SimProcess
-from harness.wait import wait_for, wait_json
+from harness.wait import FifoSignal, wait_for, wait_json
 
 NPIPES = 32
 # by path: lb-remote runs its worker in its WORKDIR, where `-m bench.drain_worker` is not importable
@@ -59,14 +59,13 @@ def throughput(trades: int, npipes: int = NPIPES) -> dict[str, Any]:
         assert blaster.stdout is not None and blaster.stdin is not None
         if blaster.stdout.readline().strip() != "subscribed":
             raise RuntimeError("the blaster did not see lb subscribe")
-        done = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        done = FifoSignal(fifo)
         t0 = time.monotonic()
         blaster.stdin.write("go\n")
         blaster.stdin.flush()
-        os.set_blocking(done, True)
-        wait_for(lambda: os.read(done, 100), 600, "the remote worker to receive every byte", interval=0)
+        done.wait(600, "the remote worker to receive every byte")
         elapsed = time.monotonic() - t0
-        os.close(done)
+        done.close()
         bridge = wait_json(os.path.join(work, "bridge.json"), 5, "bridge stats")
         batch = bridge["published_bytes"] / max(1, bridge["published_messages"])
         return {"mean_batch_bytes": round(batch), "trades": trades, "seconds": round(elapsed, 3),

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from harness.wait import wait_for, wait_json
+from harness.wait import FifoSignal, wait_json
 
 TICKS = os.sysconf("SC_CLK_TCK")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -128,7 +128,7 @@ def run_once(balancer: str, tls: str, batch: int, npipes: int, trades: int,
         line = blaster.stdout.readline()
         if line.strip() != "subscribed":
             raise RuntimeError(f"blaster said {line!r}")
-        done = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        done = FifoSignal(fifo)
         user0, sys0 = proc_cpu_split(lb.pid)
         profiler = None
         if os.environ.get("BENCH_PERF"):  # profile the balancer over the measured window only
@@ -137,15 +137,14 @@ def run_once(balancer: str, tls: str, batch: int, npipes: int, trades: int,
         t0 = time.monotonic()
         blaster.stdin.write("go\n")
         blaster.stdin.flush()
-        os.set_blocking(done, True)
-        wait_for(lambda: os.read(done, 100), 600, "the worker to receive every byte", interval=0)
+        done.wait(600, "the worker to receive every byte")
         t1 = time.monotonic()
         user1, sys1 = proc_cpu_split(lb.pid)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
         cpu0, cpu1 = user0 + sys0, user1 + sys1
-        os.close(done)
+        done.close()
         rss = proc_peak_rss(lb.pid)
         return Result(balancer, tls, batch, npipes, trades, (cpu1 - cpu0) / trades * 1e6,
                       trades / (t1 - t0), rss, cpu1 - cpu0, sys1 - sys0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -62,3 +63,33 @@ async def async_wait_for(predicate: Callable[[], T], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise Timeout(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+class FifoSignal:
+    """The read end of a FIFO another process writes one line to when something happened.
+
+    Blocks in select() until then (no polling: a benchmark's own CPU must stay out of the
+    figures). It holds a write end too, so the read end never sees EOF before the writer
+    comes and after it has gone.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.write_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+
+    def wait(self, timeout: float, what: str) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"timed out after {timeout:g} s waiting for {what}")
+            ready, _, _ = select.select([self.read_fd], [], [], left)
+            if ready:
+                try:
+                    return os.read(self.read_fd, 4096)
+                except BlockingIOError:
+                    continue
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)

@@ -143,3 +143,62 @@ def test_nats_urls():
     for bad in ("http://h:1", "nats://", "h:4222"):
         with pytest.raises(ValueError):
             parse_servers(bad)
+
+
+# -- lb-remote's outstanding pull requests (jsfeed.PullCredit) ------------------------------------
+
+
+def test_pull_status_reads_code_and_pending():
+    assert jsfeed.pull_status(None) is None
+    assert jsfeed.pull_status({"Nats-Msg-Id": "a.1.0"}) is None  # a message, not a status
+    assert jsfeed.pull_status({"Status": "408", "Description": "Request Timeout",
+                               "Nats-Pending-Messages": "7", "Nats-Pending-Bytes": "0"}) == ("408", 7)
+    assert jsfeed.pull_status({"Status": "409", "Description": "Consumer Deleted"}) == ("409", None)
+    assert jsfeed.pull_status({"Status": "408", "Nats-Pending-Messages": "-1"}) == ("408", None)
+
+
+def test_credit_tops_up_at_half_and_only_with_room():
+    credit = jsfeed.PullCredit(8, 5.0)
+    assert credit.wanted(room=False) == 0
+    assert credit.wanted(room=True) == 8
+    credit.requested(8, 0.0)
+    assert credit.wanted(True) == 0
+    for t in range(3):
+        credit.delivered(float(t))
+    assert credit.outstanding == 5 and credit.wanted(True) == 0  # 5 > 8 // 2
+    credit.delivered(3.0)
+    assert credit.wanted(True) == 4  # 4 outstanding: top up to a batch
+    assert credit.wanted(False) == 0  # the worker is behind: no more
+
+
+def test_credit_counts_only_the_total_across_requests():
+    """Two requests outstanding, filled in any order, ended by 408s that say what they owed."""
+    credit = jsfeed.PullCredit(10, 5.0)
+    credit.requested(10, 0.0)
+    for _ in range(6):
+        credit.delivered(0.1)
+    credit.requested(credit.wanted(True), 0.2)  # 4 + 6
+    assert credit.outstanding == 10
+    credit.delivered(0.3)
+    credit.status("408", 3, 5.0)  # the first request expired owing 3 (it brought 7)
+    assert credit.outstanding == 6
+    credit.status("100", None, 5.1)  # a heartbeat changes nothing
+    assert credit.outstanding == 6
+    credit.status("408", 6, 5.2)
+    assert credit.outstanding == 0
+    credit.delivered(5.3)  # a late message of a forgotten request never goes negative
+    assert credit.outstanding == 0
+
+
+def test_credit_forgets_requests_the_server_cannot_owe():
+    credit = jsfeed.PullCredit(4, 5.0)
+    credit.requested(4, 10.0)
+    credit.status("409", None, 11.0)  # ended without a count: start again from nothing
+    assert credit.outstanding == 0 and credit.wanted(True) == 4
+    credit.requested(4, 12.0)
+    assert not credit.lost(17.9)  # within one life (5 s) and a margin
+    assert credit.outstanding == 4
+    assert credit.lost(18.1)  # silent past it: a restart or a leader change forgot them
+    assert credit.outstanding == 0 and not credit.lost(30.0)
+    with pytest.raises(ValueError):
+        jsfeed.PullCredit(0, 5.0)
