@@ -669,7 +669,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=size, default=4 << 20, metavar="SIZE",
                    help="per partition, bytes fetched and not yet read by the worker at most (default 4 MiB)")
     p.add_argument("--fetch", type=int, default=32, metavar="N",
-                   help="messages per pull at most (default 32)")
+                   help="messages asked for ahead, per partition (default 32)")
     p.add_argument("--ack-wait", type=positive_duration, default=300.0, metavar="DURATION")
     p.add_argument("--max-ack-pending", type=int, default=1024)
     p.add_argument("--max-message", type=size, default=16 << 20, metavar="SIZE")
