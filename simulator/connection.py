@@ -75,6 +75,7 @@ class Client:
         self.session = session
         self.transport = ws.transport
         self.sock = ws.transport.get_extra_info("socket")
+        netio.no_delay(self.sock)
         self.loop = asyncio.get_running_loop()
         self.written = 0  # bytes of data frames handed to the transport
         self.pending: deque[tuple[int, Batch]] = deque()  # (end offset, batch) not yet confirmed

@@ -5,12 +5,13 @@ timed part only bounds the wall-clock rate loosely (a loaded machine may lag, ne
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import orjson
 
 from harness.sim import SimProcess
-from tests.integration.sim_helpers import FeedClient
+from tests.integration.sim_helpers import FeedClient, RawClient
 
 BASE = ["--tape-size", "2048", "--symbols", "400", "--stats-interval", "0",
         "--ping-interval", "0", "--seed", "8", "--no-tls"]
@@ -78,3 +79,24 @@ async def test_open_profile_starts_quiet() -> None:
     assert len(frames[0]) == 100  # the batch follows the peak rate
     gap_ms = frames[1][0]["t"] - frames[0][0]["t"]
     assert 40 <= gap_ms <= 60  # the quiet base: 2% of 100k/s is one 100-trade frame per 50 ms
+
+
+def test_frames_leave_when_they_are_written_not_when_a_segment_fills() -> None:
+    """TCP_NODELAY on the feed's socket. With Nagle's algorithm (asyncio leaves it on for a
+    socket from socket.create_server), 1 ms frames of ~2.5 KB sat in the kernel until ~64 KiB
+    were pending: the reader got one 64 KiB segment every ~25 ms, and every latency figure
+    measured through the simulator was mostly that wait."""
+    with SimProcess([*BASE, "--rate", "20k/s"]) as sim:
+        client = RawClient(sim.url, sim.cafile)
+        client.login()
+        sizes = []
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            client.sock.settimeout(2)
+            chunk = client.sock.recv(1 << 20)
+            assert chunk
+            sizes.append(len(chunk))
+        client.sock.close()
+    frame = 20 * 125  # 20 trades of the seeded market per 1 ms frame, about
+    assert len(sizes) >= 100, f"{len(sizes)} reads in 1 s of 1 ms frames: {sizes[:20]}"
+    assert statistics.median(sizes) <= 4 * frame, sizes[:50]
