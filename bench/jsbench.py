@@ -24,7 +24,7 @@ from typing import Any
 from harness.jetstream import BIN, NatsServer, RemoteProcess
 from harness.lb import LbProcess
 from harness.sim import SimProcess
-from harness.wait import FifoSignal, wait_for, wait_json
+from harness.wait import FifoSignal, read_json, wait_for, wait_json
 
 NPIPES = 32
 # by path: lb-remote runs its worker in its WORKDIR, where `-m bench.drain_worker` is not importable
@@ -66,7 +66,13 @@ def throughput(trades: int, npipes: int = NPIPES) -> dict[str, Any]:
         done.wait(600, "the remote worker to receive every byte")
         elapsed = time.monotonic() - t0
         done.close()
-        bridge = wait_json(os.path.join(work, "bridge.json"), 5, "bridge stats")
+        stats_path = os.path.join(work, "bridge.json")
+
+        def final_stats() -> dict[str, Any] | None:  # written every second: the one with every byte
+            stats = read_json(stats_path) or {}
+            return stats if stats.get("published_bytes", 0) >= info["pipe_bytes"] else None
+
+        bridge = wait_for(final_stats, 10, "the bridge's final stats")
         batch = bridge["published_bytes"] / max(1, bridge["published_messages"])
         return {"mean_batch_bytes": round(batch), "trades": trades, "seconds": round(elapsed, 3),
                 "trades_per_s": round(trades / elapsed),
