@@ -50,6 +50,7 @@ from balancer.supervisor import (
     spawn,
 )
 from common.atomicfile import write_json_atomic
+from common.jspull import OutstandingPull
 from common.units import positive_duration, size, time_arg
 from common.version import add_version_option
 
@@ -57,9 +58,6 @@ log = logging.getLogger("lb-remote")
 
 EXIT_USAGE = 2
 TICK = 0.005
-JS_API = "$JS.API"
-PULL_EXPIRES = 5.0  # a pull request's life on the server; one lost is asked again after it
-WATCH = 0.25  # a partition's loop looks at its credit at least this often
 ACK_INTERVAL = 0.05  # a partition's read messages are acked at most this often
 GROUP_EXIT_WAIT = 5.0
 QUICK_DEATH = 1.0
@@ -98,10 +96,9 @@ class Partition:
     rewound_at: int = -1
     rewind: bool = False
     noted: tuple[int, int, int, str] = (0, 0, -1, "")
-    credit: jsfeed.PullCredit | None = None  # while its pull requests are outstanding
+    pull: OutstandingPull | None = None  # while its pull requests are outstanding
     unacked: list[Delivered] = field(default_factory=list)  # read by the worker, ack not sent
     acked_at: float = 0.0
-    wake: asyncio.Event | None = None
 
 
 class ProgressFile:
@@ -218,69 +215,32 @@ class Remote:
     async def _stream(self, part: Partition) -> None:
         """Deliver the partition's messages as they are stored, until a rewind or the end.
 
-        About `--fetch` messages are always asked for (jsfeed.PullCredit): the server sends
-        each as soon as it has it, with no round trip per message; the credit is topped up
-        only while the worker's unread bytes are within --window.
+        About `--fetch` messages are always asked for (common.jspull): the server sends each
+        as soon as it has it, with no round trip per message; the credit is topped up only
+        while the worker's unread bytes are within --window.
         """
-        name = f"{self.args.durable}-{part.number}"
-        subject = f"{JS_API}.CONSUMER.MSG.NEXT.{self.args.stream}.{name}"
-        credit = jsfeed.PullCredit(self.args.fetch, PULL_EXPIRES)
-        wake = asyncio.Event()
 
-        async def on_msg(msg: Any) -> None:
+        def on_message(msg: Any) -> bool:
             if part.rewind or self.stopping:
-                return
-            now = time.monotonic()
-            status = jsfeed.pull_status(msg.headers)
-            if status is not None:
-                code, pending = status
-                credit.status(code, pending, now)
-                if code == jsfeed.CONFLICT:
-                    log.info("partition %d: pull request ended: %s %s", part.number, code,
-                             (msg.headers or {}).get("Description", ""))
-            else:
-                credit.delivered(now)
-                if not self.deliver(part, msg):
-                    wake.set()
-                    return
-            if credit.wanted(self._room(part)):
-                wake.set()
+                return False
+            return self.deliver(part, msg) and not part.rewind
 
-        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=on_msg)
-        part.credit, part.wake = credit, wake
+        pull = OutstandingPull(self.nc, self.args.stream, f"{self.args.durable}-{part.number}",
+                               self.args.fetch, on_message, lambda: self._room(part),
+                               label=f"partition {part.number}", log=log)
+        part.pull = pull
         try:
-            while not self.stopping and not part.rewind:
-                now = time.monotonic()
-                if credit.lost(now):
-                    log.warning("partition %d: no answer to pull requests for %.0f s; asking again",
-                                part.number, PULL_EXPIRES)
-                want = credit.wanted(self._room(part))
-                if want:
-                    request = b'{"batch":%d,"expires":%d}' % (want, int(PULL_EXPIRES * 1e9))
-                    try:
-                        await self.nc.publish(subject, request, reply=sub.subject)
-                    except Exception as exc:  # disconnected: a reconnect rewinds us
-                        log.debug("partition %d: pull request not sent: %s", part.number, exc)
-                        await asyncio.sleep(0.2)
-                        continue
-                    credit.requested(want, now)
-                wake.clear()
-                try:
-                    await asyncio.wait_for(wake.wait(), WATCH)
-                except TimeoutError:
-                    pass
+            await pull.run(lambda: self.stopping or part.rewind)
         finally:
-            part.credit = part.wake = None
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+            part.pull = None
 
     def rewind_all(self) -> None:
         """After a reconnect: deliveries in flight on the old connection are gone until
         --ack-wait; fetch everything after what is in our pipes again, now."""
         for part in self.parts:
             part.rewind = True
+            if part.pull is not None:
+                part.pull.end()
 
     def deliver(self, part: Partition, msg: Any) -> bool:
         """Write one JetStream message's new bytes to its pipe; False: a gap, rewind."""
@@ -442,8 +402,8 @@ class Remote:
                     await last.msg.ack()
                 except Exception as exc:  # disconnected: the ack floor lags; the note holds
                     log.debug("ack of seq %d failed: %s", last.seq, exc)
-            if part.wake is not None and part.credit is not None and part.credit.wanted(self._room(part)):
-                part.wake.set()  # the worker made room: top the pull requests up
+            if part.pull is not None:
+                part.pull.poke()  # the worker may have made room: top the pull requests up
 
     async def ticker(self) -> None:
         last_stats = 0.0
@@ -544,6 +504,20 @@ class Remote:
         self.js = self.nc.jetstream()
         tasks = [asyncio.ensure_future(self.pull(p)) for p in self.parts]
         tasks.append(asyncio.ensure_future(self.ticker()))
+        failed: list[BaseException] = []
+
+        def ended(task: asyncio.Future[None]) -> None:
+            # a partition's loop or the ticker never ends by itself: one that does is a bug,
+            # and lb-remote must not go on silently without that partition
+            if task.cancelled() or self.stopping:
+                return
+            error = task.exception()
+            log.error("internal error, stopping: %r", error, exc_info=error)
+            failed.append(error or RuntimeError("a task ended"))
+            stop.set()
+
+        for task in tasks:
+            task.add_done_callback(ended)
         await stop.wait()
         self.stopping = True
         tasks[-1].cancel()
@@ -551,7 +525,7 @@ class Remote:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.shutdown()
-        return 0
+        return 1 if failed else 0
 
     async def shutdown(self) -> None:
         deadline = time.monotonic() + self.args.shutdown_timeout

@@ -7,7 +7,10 @@
 
 Each partition `k` is subject `<prefix>.<k>` (the bridge's), read through a pull consumer:
 durable (`durable="name"`: consumer `name-<k>`, resuming after what was acknowledged) or
-ephemeral (default; from the start, `from_seq` or `since`). Payloads are the pipe
+ephemeral (default; from the start, `from_seq` or `since`). Pull requests for about `batch`
+messages are kept outstanding on every partition (common.jspull), so each message arrives
+as soon as it is stored and `read_batch()` hands out what every partition has, waiting only
+while none has anything. Payloads are the pipe
 protocol's, byte-identical. A batch is acknowledged when the next `read_batch()` is called
 (or at `close()`): after a crash the batch in hand comes again, nothing is lost. Copies of a
 batch (a republish past the stream's duplicate window, a redelivery) are cut off by the
@@ -23,12 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from common.jspull import OutstandingPull
 from common.units import duration, positive_duration, size, time_arg
 from common.version import add_version_option
 from workers import jsproto, natsconn
@@ -36,11 +41,15 @@ from workers.framing import MAX_MESSAGE, split_frames
 from workers.handler import HandlerContext
 from workers.registry import HandlerNotFound, load_handler
 
+log = logging.getLogger("workers.jetstream")
+
 
 @dataclass
 class _Partition:
     number: int
-    sub: Any = None
+    consumer: str = ""
+    pull: OutstandingPull | None = None
+    arrived: list[Any] = field(default_factory=list)  # delivered, not yet handed out
     epoch: str = ""
     end: int = -1  # the bridge's offset after the last byte handed out
     last_seq: int = 0
@@ -63,6 +72,9 @@ class JetStreamReader:
         self.nc: Any = None
         self.js: Any = None
         self._unacked: list[Any] = []
+        self._arrival = asyncio.Event()
+        self._pulls: list[asyncio.Task[None]] = []
+        self._closing = False
         self.messages = 0
         self.duplicates = 0
 
@@ -90,7 +102,7 @@ class JetStreamReader:
             if self.durable is None:
                 config.inactive_threshold = 60
                 info = await self.js.add_consumer(self.stream, config)
-                part.sub = await self.js.pull_subscribe_bind(consumer=info.name, stream=self.stream)
+                self._start(part, info.name)
                 continue
             name = config.durable_name = f"{self.durable}-{part.number}"
             try:
@@ -103,7 +115,22 @@ class JetStreamReader:
                     config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, floor + 1
                 await self.js.delete_consumer(self.stream, name)
             await self.js.add_consumer(self.stream, config)
-            part.sub = await self.js.pull_subscribe_bind(durable=name, stream=self.stream)
+            self._start(part, name)
+
+    def _start(self, part: _Partition, consumer: str) -> None:
+        """Pull requests for about a batch kept outstanding (common.jspull), while fewer than
+        a batch wait to be handed out: each message arrives as soon as it is stored."""
+
+        def arrived(msg: Any) -> bool:
+            part.arrived.append(msg)
+            self._arrival.set()
+            return True
+
+        part.consumer = consumer
+        part.pull = OutstandingPull(self.nc, self.stream, consumer, self.batch, arrived,
+                                    lambda: len(part.arrived) < self.batch,
+                                    label=f"partition {part.number}", log=log)
+        self._pulls.append(asyncio.ensure_future(part.pull.run(lambda: self._closing)))
 
     async def ack(self) -> None:
         """Acknowledge every batch handed out so far."""
@@ -112,16 +139,28 @@ class JetStreamReader:
             await msg.ack()
 
     async def read_batch(self, timeout: float = 1.0) -> list[tuple[int, list[bytes]]]:
-        """Acknowledge the previous batch, then what every partition has (waiting up to `timeout`)."""
+        """Acknowledge the previous batch, then what has arrived on every partition (waiting up
+        to `timeout` for the first message if nothing has)."""
         await self.ack()
-        fetched = await asyncio.gather(*(self._fetch(p, timeout) for p in self.parts))
-        return [(p.number, payloads) for p, payloads in zip(self.parts, fetched, strict=True) if payloads]
+        if not any(p.arrived for p in self.parts):
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(), timeout)
+            except TimeoutError:
+                return []
+        out = []
+        for part in self.parts:
+            if not part.arrived:
+                continue
+            msgs, part.arrived = part.arrived, []
+            if part.pull is not None:
+                part.pull.poke()
+            payloads = self._take(part, msgs)
+            if payloads:
+                out.append((part.number, payloads))
+        return out
 
-    async def _fetch(self, part: _Partition, timeout: float) -> list[bytes]:
-        try:
-            msgs = await part.sub.fetch(self.batch, timeout=timeout)
-        except TimeoutError:
-            return []
+    def _take(self, part: _Partition, msgs: list[Any]) -> list[bytes]:
         out: list[bytes] = []
         for msg in msgs:
             self._unacked.append(msg)
@@ -158,6 +197,12 @@ class JetStreamReader:
     async def close(self) -> None:
         if self.nc is None:
             return
+        self._closing = True
+        for part in self.parts:
+            if part.pull is not None:
+                part.pull.end()
+        await asyncio.gather(*self._pulls, return_exceptions=True)
+        self._pulls.clear()
         try:
             await self.ack()
             await self.nc.flush(timeout=2)

@@ -347,3 +347,42 @@ def test_tls_and_nkey(tmp_path, chain_factory):
         assert "--creds" in refused.stderr and "pw" not in refused.stderr
     finally:
         server.cleanup()
+
+
+def test_reader_hands_out_what_arrived_without_waiting_for_idle_partitions(nats_server):
+    """workers.jetstream keeps pull requests outstanding on every partition: a message on one
+    partition comes out of read_batch() as soon as it is stored, while another partition has
+    nothing (a gathered fetch per partition held every call for the idle one's timeout), and
+    messages published later arrive without a new request round trip per call."""
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    from workers.framing import frame_all
+    from workers.jetstream import JetStreamReader
+    from workers.natsconn import NatsOptions
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="R", subjects=["trades.*"], storage=StorageType.FILE))
+        first = [b'{"ev":"T","sym":"A","q":%d}' % q for q in range(3)]
+        await js.publish("trades.0", frame_all(first))
+        reader = JetStreamReader(NatsOptions([nats_server.url]), "R", [0, 1], batch=4)
+        async with reader:
+            started = time.monotonic()
+            got = await reader.read_batch(timeout=20)
+            assert got == [(0, first)]
+            assert time.monotonic() - started < 10  # not the idle partition's 20 s
+            later = [b'{"ev":"T","sym":"B","q":%d}' % q for q in range(2)]
+            for k in range(10):  # more than the credit of one request (batch 4)
+                await js.publish(f"trades.{k % 2}", frame_all(later))
+            seen: dict[int, int] = {0: 0, 1: 0}
+            deadline = time.monotonic() + 10
+            while sum(seen.values()) < 20 and time.monotonic() < deadline:
+                for partition, payloads in await reader.read_batch(timeout=1):
+                    seen[partition] += len(payloads)
+            assert seen == {0: 10, 1: 10}
+            assert await reader.read_batch(timeout=0.2) == []
+        await nc.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -8,6 +8,7 @@ import argparse
 import pytest
 
 from balancer import jsfeed
+from common import jspull
 from workers import jsproto
 from workers.framing import frame_all
 
@@ -145,20 +146,20 @@ def test_nats_urls():
             parse_servers(bad)
 
 
-# -- lb-remote's outstanding pull requests (jsfeed.PullCredit) ------------------------------------
+# -- outstanding pull requests (common.jspull.PullCredit: lb-remote's and the reader's) --------------
 
 
 def test_pull_status_reads_code_and_pending():
-    assert jsfeed.pull_status(None) is None
-    assert jsfeed.pull_status({"Nats-Msg-Id": "a.1.0"}) is None  # a message, not a status
-    assert jsfeed.pull_status({"Status": "408", "Description": "Request Timeout",
+    assert jspull.pull_status(None) is None
+    assert jspull.pull_status({"Nats-Msg-Id": "a.1.0"}) is None  # a message, not a status
+    assert jspull.pull_status({"Status": "408", "Description": "Request Timeout",
                                "Nats-Pending-Messages": "7", "Nats-Pending-Bytes": "0"}) == ("408", 7)
-    assert jsfeed.pull_status({"Status": "409", "Description": "Consumer Deleted"}) == ("409", None)
-    assert jsfeed.pull_status({"Status": "408", "Nats-Pending-Messages": "-1"}) == ("408", None)
+    assert jspull.pull_status({"Status": "409", "Description": "Consumer Deleted"}) == ("409", None)
+    assert jspull.pull_status({"Status": "408", "Nats-Pending-Messages": "-1"}) == ("408", None)
 
 
 def test_credit_tops_up_at_half_and_only_with_room():
-    credit = jsfeed.PullCredit(8, 5.0)
+    credit = jspull.PullCredit(8, 5.0)
     assert credit.wanted(room=False) == 0
     assert credit.wanted(room=True) == 8
     credit.requested(8, 0.0)
@@ -173,7 +174,7 @@ def test_credit_tops_up_at_half_and_only_with_room():
 
 def test_credit_counts_only_the_total_across_requests():
     """Two requests outstanding, filled in any order, ended by 408s that say what they owed."""
-    credit = jsfeed.PullCredit(10, 5.0)
+    credit = jspull.PullCredit(10, 5.0)
     credit.requested(10, 0.0)
     for _ in range(6):
         credit.delivered(0.1)
@@ -191,7 +192,7 @@ def test_credit_counts_only_the_total_across_requests():
 
 
 def test_credit_forgets_requests_the_server_cannot_owe():
-    credit = jsfeed.PullCredit(4, 5.0)
+    credit = jspull.PullCredit(4, 5.0)
     credit.requested(4, 10.0)
     credit.status("409", None, 11.0)  # ended without a count: start again from nothing
     assert credit.outstanding == 0 and credit.wanted(True) == 4
@@ -201,4 +202,4 @@ def test_credit_forgets_requests_the_server_cannot_owe():
     assert credit.lost(18.1)  # silent past it: a restart or a leader change forgot them
     assert credit.outstanding == 0 and not credit.lost(30.0)
     with pytest.raises(ValueError):
-        jsfeed.PullCredit(0, 5.0)
+        jspull.PullCredit(0, 5.0)

@@ -24,7 +24,8 @@ def js_message(seq: int, data: bytes) -> SimpleNamespace:
 
 def make_remote(tmp_path, npartitions: int = 2) -> Remote:
     args = argparse.Namespace(partitions=list(range(npartitions)), pipe_size=65536,
-                              state=str(tmp_path / "state"), max_message=1 << 20)
+                              state=str(tmp_path / "state"), max_message=1 << 20,
+                              max_ack_pending=1024)
     return Remote(args)
 
 
@@ -77,8 +78,11 @@ def test_partly_read_message_comes_again_whole(tmp_path):
         assert first[:start] + second == stream
         assert remote.pipes.total_backlog == 0
         await remote.acknowledge()
-        assert part.acked == 4 and not part.pending
+        assert not part.pending
         assert remote.progress.read(0)[:2] == (5, 0)  # resume after the last JetStream message
+        assert part.acked == 1  # the ack itself waits out ACK_INTERVAL after the last one...
+        await remote.acknowledge(final=True)
+        assert part.acked == 4  # ...and then one ack (AckPolicy.ALL) covers messages 2-4
         remote.pipes.close()
 
     asyncio.run(scenario())
@@ -135,3 +139,29 @@ def test_a_restart_resumes_at_the_start_of_a_partly_read_message(tmp_path):
             remote.pipes.close()
 
     asyncio.run(scenario())
+
+
+def test_a_partition_loop_that_dies_stops_lb_remote_loudly(tmp_path, monkeypatch, caplog):
+    """A pull loop never ends by itself; if one raises, lb-remote must not go on silently
+    without that partition (it did: the task's exception was only seen at shutdown)."""
+    import balancer.remote as remote_module
+
+    remote = make_remote(tmp_path)
+    remote.args.since = remote.args.from_seq = None
+    remote.args.durable = "test"
+
+    async def fake_connect(*_args):
+        return SimpleNamespace(jetstream=lambda: None)
+
+    async def broken_pull(part):
+        raise RuntimeError(f"partition {part.number} broke")
+
+    async def no_shutdown():
+        remote.pipes.close()
+
+    monkeypatch.setattr(remote_module, "connect", fake_connect)
+    monkeypatch.setattr(remote, "start_worker", lambda: None)
+    monkeypatch.setattr(remote, "pull", broken_pull)
+    monkeypatch.setattr(remote, "shutdown", no_shutdown)
+    assert asyncio.run(asyncio.wait_for(remote.run(), 10)) == 1
+    assert "internal error, stopping" in caplog.text and "broke" in caplog.text
