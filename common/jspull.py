@@ -109,6 +109,7 @@ class OutstandingPull:
         self.log = log
         self.expires = expires
         self.ended = False
+        self._silent = False
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -123,6 +124,7 @@ class OutstandingPull:
         if self.ended:
             return
         now = time.monotonic()
+        self._silent = False
         status = pull_status(msg.headers)
         if status is not None:
             code, pending = status
@@ -147,8 +149,11 @@ class OutstandingPull:
             while not self.ended and not until():
                 now = time.monotonic()
                 if credit.lost(now):
-                    self.log.warning("%s: no answer to pull requests for %.0f s; asking again",
-                                     self.label, self.expires)
+                    # once per silence: through an outage this repeats every request's life
+                    (self.log.debug if self._silent else self.log.warning)(
+                        "%s: no answer to pull requests for %.0f s; asking again", self.label,
+                        self.expires)
+                    self._silent = True
                 want = credit.wanted(self.room())
                 if want:
                     try:
