@@ -91,22 +91,26 @@ def cut_batch(data: bytes | memoryview, max_batch: int, max_message: int) -> int
 
 def cut_batch_counted(data: bytes | memoryview, max_batch: int, max_message: int) -> tuple[int, int]:
     """`cut_batch`, and how many messages the batch holds."""
-    pos, end, count = 0, len(data), 0
-    while end - pos >= HEADER:
-        (length,) = _unpack_length(data, pos)
+    # The bridge's hot loop (once per trade): one bound, `limit`, stands for "inside the data"
+    # and "inside the batch"; the one case that tells them apart (a first message bigger than
+    # a batch, which goes alone) is decided when the loop stops.
+    end = len(data)
+    limit = min(end, max_batch)
+    unpack = _unpack_length
+    pos = count = 0
+    while pos + HEADER <= end:
+        (length,) = unpack(data, pos)
         if length > max_message:
             if pos == 0:
                 raise ValueError(f"message length {length} exceeds {max_message}")
             break
         stop = pos + HEADER + length
-        if stop > end:
-            break
-        if stop > max_batch and pos > 0:
+        if stop > limit:
+            if pos == 0 and stop <= end:
+                return stop, 1
             break
         pos = stop
         count += 1
-        if pos >= max_batch:
-            break
     return pos, count
 
 
