@@ -123,4 +123,3 @@ def trusted_count(headers: dict[str, str] | None) -> int:
     """The bridge's `Lb-Messages` count, or -1 if absent or malformed."""
     text = (headers or {}).get(COUNT, "")
     return int(text) if text.isdigit() else -1
-

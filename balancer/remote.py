@@ -209,8 +209,10 @@ class Remote:
                             type(exc).__name__)
                 await asyncio.sleep(0.5)
 
-    def _room(self, part: Partition) -> bool:
-        return self.pipes.accepted[part.pipe] - self.pipes.consumed(part.pipe) <= self.args.window
+    def _room(self, part: Partition, consumed: int | None = None) -> bool:
+        if consumed is None:
+            consumed = self.pipes.consumed(part.pipe)
+        return self.pipes.accepted[part.pipe] - consumed <= self.args.window
 
     async def _stream(self, part: Partition) -> None:
         """Deliver the partition's messages as they are stored, until a rewind or the end.
@@ -220,10 +222,8 @@ class Remote:
         while the worker's unread bytes are within --window.
         """
 
-        def on_message(msg: Any) -> bool:
-            if part.rewind or self.stopping:
-                return False
-            return self.deliver(part, msg) and not part.rewind
+        def on_message(msg: Any) -> bool:  # False (a rewind, the end): no more messages
+            return not (part.rewind or self.stopping) and self.deliver(part, msg)
 
         pull = OutstandingPull(self.nc, self.args.stream, f"{self.args.durable}-{part.number}",
                                self.args.fetch, on_message, lambda: self._room(part),
@@ -368,6 +368,7 @@ class Remote:
     async def acknowledge(self, final: bool = False) -> None:
         """Note the worker's read position; ack, in order, what it has read entirely (at most
         every ACK_INTERVAL per partition, or when half of --max-ack-pending is waiting)."""
+        now = time.monotonic()
         for part in self.parts:
             consumed = self.pipes.consumed(part.pipe)
             done = []
@@ -388,22 +389,22 @@ class Remote:
                 self.progress.write(part.pipe, *note)
                 part.noted = note
             part.unacked.extend(done)
-            due = final or len(part.unacked) >= self.args.max_ack_pending // 2 or (
-                part.unacked and time.monotonic() - part.acked_at >= ACK_INTERVAL)
-            if due and part.unacked:
+            if part.unacked and (final or now - part.acked_at >= ACK_INTERVAL
+                                 or len(part.unacked) >= self.args.max_ack_pending // 2):
                 # AckPolicy.ALL: one ack covers every earlier message of the partition. Acks
                 # only move the server's ack floor (what a new consumer starts from, what is
                 # redelivered after --ack-wait); where the worker is, is the note above.
                 last = part.unacked[-1]
                 part.unacked.clear()
-                part.acked_at = time.monotonic()
+                part.acked_at = now
                 part.acked = last.seq  # read by the worker, whether or not the ack gets through
                 try:
                     await last.msg.ack()
                 except Exception as exc:  # disconnected: the ack floor lags; the note holds
                     log.debug("ack of seq %d failed: %s", last.seq, exc)
             if part.pull is not None:
-                part.pull.poke()  # the worker may have made room: top the pull requests up
+                # the worker may have made room: top the pull requests up
+                part.pull.poke(self._room(part, consumed))
 
     async def ticker(self) -> None:
         last_stats = 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 JS_API = "$JS.API"
@@ -29,7 +29,7 @@ WATCH = 0.25  # the loop looks at its credit at least this often
 
 STATUS = "Status"
 PENDING_MESSAGES = "Nats-Pending-Messages"
-HEARTBEAT, NO_MESSAGES, REQUEST_TIMEOUT, CONFLICT = "100", "404", "408", "409"
+HEARTBEAT, CONFLICT = "100", "409"  # 408 (request expired) and 404 need no case of their own
 
 
 def pull_status(headers: dict[str, str] | None) -> tuple[str, int | None] | None:
@@ -112,8 +112,9 @@ class OutstandingPull:
         self._silent = False
         self._wake = asyncio.Event()
 
-    def poke(self) -> None:
-        if self.credit.wanted(self.room()):
+    def poke(self, room: bool | None = None) -> None:
+        """Wake the loop if more should be asked for; `room` if the caller already knows it."""
+        if self.credit.wanted(self.room() if room is None else room):
             self._wake.set()
 
     def end(self) -> None:
@@ -139,8 +140,7 @@ class OutstandingPull:
                 return
         self.poke()
 
-    async def run(self, until: Callable[[], bool], *,
-                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    async def run(self, until: Callable[[], bool]) -> None:
         """Ask and deliver until `until()` is true or `on_message` said stop."""
         sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_msg)
         credit = self.credit
@@ -161,7 +161,7 @@ class OutstandingPull:
                                               reply=sub.subject)
                     except Exception as exc:  # disconnected: asked again once connected
                         self.log.debug("%s: pull request not sent: %s", self.label, exc)
-                        await sleep(0.2)
+                        await asyncio.sleep(0.2)
                         continue
                     credit.requested(want, now)
                 self._wake.clear()

@@ -276,7 +276,6 @@ class Bridge:
         userspace, which was 15% of the bridge's CPU sustained), or read where splice fails."""
         left = size
         while left:
-            moved = 0
             if self._sink >= 0:
                 try:
                     moved = os.splice(part.fd, self._sink, min(left, 1 << 20))

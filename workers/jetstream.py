@@ -47,7 +47,6 @@ log = logging.getLogger("workers.jetstream")
 @dataclass
 class _Partition:
     number: int
-    consumer: str = ""
     pull: OutstandingPull | None = None
     arrived: list[Any] = field(default_factory=list)  # delivered, not yet handed out
     epoch: str = ""
@@ -126,7 +125,6 @@ class JetStreamReader:
             self._arrival.set()
             return True
 
-        part.consumer = consumer
         part.pull = OutstandingPull(self.nc, self.stream, consumer, self.batch, arrived,
                                     lambda: len(part.arrived) < self.batch,
                                     label=f"partition {part.number}", log=log)
