@@ -107,7 +107,6 @@ class OutstandingPull:
         self.room = room
         self.label = label
         self.log = log
-        self.expires = expires
         self.ended = False
         self._silent = False
         self._wake = asyncio.Event()
@@ -144,7 +143,7 @@ class OutstandingPull:
         """Ask and deliver until `until()` is true or `on_message` said stop."""
         sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_msg)
         credit = self.credit
-        request_ns = int(self.expires * 1e9)
+        request_ns = int(credit.expires * 1e9)
         try:
             while not self.ended and not until():
                 now = time.monotonic()
@@ -152,7 +151,7 @@ class OutstandingPull:
                     # once per silence: through an outage this repeats every request's life
                     (self.log.debug if self._silent else self.log.warning)(
                         "%s: no answer to pull requests for %.0f s; asking again", self.label,
-                        self.expires)
+                        credit.expires)
                     self._silent = True
                 want = credit.wanted(self.room())
                 if want:
