@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="the CI guard against gross regressions")
     p.add_argument("--json", help="write every figure here as JSON")
     p.add_argument("--jetstream", action="store_true", help="the JetStream row only")
+    p.add_argument("--nats-server", default=jsbench.NATS_SERVER, metavar="PATH",
+                   help="the JetStream row's nats-server binary (default: LB_NATS_SERVER, else PATH's)")
     p.add_argument("--balancer", action="append", default=[], metavar="NAME=CMD",
                    help="an external balancer (lb's argv convention), on the ws:// rows; repeatable")
     p.add_argument("--only", help="comma-separated balancers to run (lb, lb-py, naive, external names)")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}\n", flush=True)
     figures: dict[str, Any] = {"machine": machine(), "runs": args.runs}
     if args.jetstream:
-        figures["jetstream"] = jsbench.row(args.trades, "200k/s")
+        figures["jetstream"] = jsbench.row(args.trades, "200k/s", nats_server=args.nats_server)
         _write(args.json, figures)
         return 0
     rows = throughput_table(args.trades, args.naive_trades, args.runs, args.quick, externals,
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"p99 {lat['p99_ms']:.2f} ms  max {lat['max_ms']:.2f} ms", flush=True)
         figures["simulator"] = _side("bench.sim_bench")
         figures["reader"] = _side("bench.reader_bench")
-        figures["jetstream"] = jsbench.row(args.trades, "200k/s")
+        figures["jetstream"] = jsbench.row(args.trades, "200k/s", nats_server=args.nats_server)
     _write(args.json, figures)
     return 0
 

@@ -6,7 +6,10 @@ all on this machine.
 2. Latency at a paced rate: simulate --stamp-ids -> ... -> bench.drain_worker --latency,
    p50/p99/max of (receive - send) per frame, CLOCK_MONOTONIC, steady state only.
 
-    python -m bench.jsbench [--trades 1000000] [--rate 200k/s] [--seconds 12]
+    python -m bench.jsbench [--trades 1000000] [--rate 200k/s] [--pipes 32] [--nats-server PATH]
+
+The nats-server is the one on PATH (Debian's package in CI) unless --nats-server or
+LB_NATS_SERVER names another binary; the row names the version it ran.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import tempfile
 import time
 from typing import Any
 
-from harness.jetstream import BIN, NatsServer, RemoteProcess
+from harness.jetstream import BIN, NATS_SERVER, NatsServer, RemoteProcess
 from harness.lb import LbProcess
 from harness.sim import SimProcess
 from harness.wait import FifoSignal, read_json, wait_for, wait_json
@@ -36,9 +39,18 @@ def _bridge(url: str, workdir: str) -> list[str]:
             os.path.join(workdir, "bridge.json")]
 
 
-def throughput(trades: int, npipes: int = NPIPES) -> dict[str, Any]:
+def server_version(binary: str = NATS_SERVER) -> str:
+    """`nats-server --version`'s version ("v2.9.10"), or why it has none."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return out.strip().rpartition(" ")[2] or "unknown"
+
+
+def throughput(trades: int, npipes: int = NPIPES, nats_server: str = NATS_SERVER) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="jsbench-")
-    nats = NatsServer(os.path.join(work, "store")).start()
+    nats = NatsServer(os.path.join(work, "store"), binary=nats_server).start()
     ready = os.path.join(work, "blaster.json")
     fifo = os.path.join(work, "done.fifo")
     os.mkfifo(fifo)
@@ -92,9 +104,9 @@ def throughput(trades: int, npipes: int = NPIPES) -> dict[str, Any]:
 
 
 def latency(rate: str, seconds: float = 12.0, skip: float = 2.0, tail: float = 1.0,
-            npipes: int = NPIPES) -> dict[str, Any]:
+            npipes: int = NPIPES, nats_server: str = NATS_SERVER) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="jslatency-")
-    nats = NatsServer(os.path.join(work, "store")).start()
+    nats = NatsServer(os.path.join(work, "store"), binary=nats_server).start()
     samples_path = os.path.join(work, "samples.json")
     sim = SimProcess(["--rate", rate, "--stamp-ids", "--duration", f"{seconds:g}s", "--stats-interval", "0",
                       "-q", "--seed", "5", "--no-tls"], ledger=False, workdir=work).start()
@@ -133,16 +145,17 @@ def _read(path: str) -> list[int] | None:
         return None
 
 
-def row(trades: int, rate: str, npipes: int = NPIPES) -> dict[str, Any]:
-    print(f"\nJetStream: lb -> lb-bridge -> nats-server (file) -> lb-remote -> drain, {npipes} pipes:",
-          flush=True)
-    tp = throughput(trades, npipes)
+def row(trades: int, rate: str, npipes: int = NPIPES, nats_server: str = NATS_SERVER) -> dict[str, Any]:
+    version = server_version(nats_server)
+    print(f"\nJetStream: lb -> lb-bridge -> nats-server {version} (file) -> lb-remote -> drain, "
+          f"{npipes} pipes:", flush=True)
+    tp = throughput(trades, npipes, nats_server)
     print(f"  sustained    {tp['trades']:>9,} trades in {tp['seconds']:.2f} s: {tp['trades_per_s']:>10,} "
           f"trades/s ({tp['mb_per_s']} MB/s of pipe bytes)", flush=True)
-    lat = latency(rate, npipes=npipes)
+    lat = latency(rate, npipes=npipes, nats_server=nats_server)
     print(f"  paced {lat['rate']:<7} frames {lat['frames']:>7,}  p50 {lat['p50_ms']:.2f} ms  "
           f"p99 {lat['p99_ms']:.2f} ms  max {lat['max_ms']:.2f} ms", flush=True)
-    return {"throughput": tp, "latency": lat}
+    return {"nats_server": version, "pipes": npipes, "throughput": tp, "latency": lat}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trades", type=int, default=1_000_000)
     p.add_argument("--rate", default="200k/s")
     p.add_argument("--pipes", type=int, default=NPIPES)
+    p.add_argument("--nats-server", default=NATS_SERVER, metavar="PATH",
+                   help="the nats-server binary (default: LB_NATS_SERVER, else the one on PATH)")
     args = p.parse_args(argv)
-    print(json.dumps(row(args.trades, args.rate, args.pipes)))
+    print(json.dumps(row(args.trades, args.rate, args.pipes, args.nats_server)))
     return 0
 
 

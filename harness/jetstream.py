@@ -13,7 +13,9 @@ from typing import Any
 from harness.net import free_port
 from harness.wait import read_json, read_text, wait_for
 
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+# LB_NATS_SERVER: another nats-server binary for the tests and the bench (the default is the one
+# on PATH, Debian's package in CI)
+NATS_SERVER = os.environ.get("LB_NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
 BIN = os.path.dirname(sys.executable)
 
 
@@ -22,7 +24,8 @@ class NatsServer:
 
     def __init__(self, store: str | None = None, *, name: str = "n1", port: int | None = None,
                  cluster_port: int | None = None, routes: list[int] | None = None,
-                 cluster: str = "lbtest", config: str | None = None) -> None:
+                 cluster: str = "lbtest", config: str | None = None, binary: str | None = None) -> None:
+        self.binary = binary or NATS_SERVER
         self.config = config
         self.store = store or tempfile.mkdtemp(prefix="nats-store-")
         os.makedirs(self.store, exist_ok=True)
@@ -39,7 +42,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        argv = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store,
+        argv = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store,
                 "-n", self.name, "-l", self.log_path]
         if self.config:
             argv += ["-c", self.config]
