@@ -47,7 +47,7 @@ from typing import Any
 from common.atomicfile import write_json_atomic
 from common.units import duration, positive_duration, size
 from common.version import add_version_option
-from workers import jsproto, natsconn
+from workers import jsproto, jspub, natsconn
 from workers.framing import MAX_MESSAGE
 
 log = logging.getLogger("lb-bridge")
@@ -142,6 +142,7 @@ class Bridge:
         self._sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self.nc: Any = None
         self.js: Any = None
+        self.acks: jspub.AckInbox | None = None
         self.started = time.monotonic()
 
     def _partition(self, index: int, fd: int) -> Partition:
@@ -236,8 +237,9 @@ class Bridge:
     async def _publish(self, part: Partition, subject: str, payload: bytes, count: int) -> None:
         headers = {jsproto.MSG_ID: jsproto.make_msg_id(self.epoch, part.index, part.offset),
                    jsproto.COUNT: str(count)}
-        ack = await self._retry(part, lambda: self.js.publish(
-            subject, payload, timeout=self.args.ack_timeout, headers=dict(headers)))
+        acks = self.acks
+        assert acks is not None, "run() starts the ack inbox before any partition"
+        ack = await self._retry(part, lambda: acks.publish(subject, payload, headers, self.args.ack_timeout))
         size = len(payload)
         if ack.duplicate:
             part.duplicates += 1
@@ -266,8 +268,9 @@ class Bridge:
             except Exception as exc:
                 part.retries += 1
                 if part.retries == 1 or part.retries % 20 == 0:
-                    log.warning("pipe %d: publish not acknowledged (%s); retrying, nothing is dropped "
-                                "(%d retries)", part.index, type(exc).__name__, part.retries)
+                    log.warning("pipe %d: publish not acknowledged (%s%s); retrying, nothing is dropped "
+                                "(%d retries)", part.index, type(exc).__name__,
+                                f": {str(exc)[:200]}" if str(exc) else "", part.retries)
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
 
@@ -325,6 +328,8 @@ class Bridge:
         self.nc = await natsconn.connect(self.nats, f"lb-bridge {self.epoch}")
         self.js = self.nc.jetstream()
         await self.ensure_stream()
+        self.acks = jspub.AckInbox(self.nc)
+        await self.acks.start()
         log.info("publishing %d pipes to %s.<pipe> (epoch %s)", len(self.parts), self.args.prefix, self.epoch)
         stats = asyncio.ensure_future(self._stats())
         tasks.extend(asyncio.ensure_future(self.run_partition(p)) for p in self.parts)
@@ -334,6 +339,8 @@ class Bridge:
             stats.cancel()
             if self.args.stats_file:
                 write_json_atomic(self.args.stats_file, self.snapshot())
+            if self.acks is not None:
+                await self.acks.close()
             await self.nc.close()
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
