@@ -41,6 +41,25 @@ def parse_origin(msg_id: str | None) -> Origin | None:
     return Origin(match.group(1), int(match.group(2)), int(match.group(3)))
 
 
+def stream_sequence(reply: str | None) -> int:
+    """A delivered JetStream message's stream sequence, from its ack subject:
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (9 tokens) or, from
+    servers that add a domain and an account hash, `$JS.ACK.<domain>.<hash>.<stream>.
+    <consumer>.<delivered>.<sseq>...` (11 tokens or more). What nats-py's `Msg.metadata`
+    reads, without building its dataclasses and timestamp (~5% of lb-remote at 200k/s)."""
+    tokens = (reply or "").split(".")
+    if len(tokens) >= 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        if len(tokens) == 9:
+            field = tokens[5]
+        elif len(tokens) >= 11:
+            field = tokens[7]
+        else:
+            field = ""
+        if field.isdigit() and field.isascii():
+            return int(field)
+    raise BadMessage(f"not a JetStream delivery (reply subject {(reply or '')[:80]!r})")
+
+
 def parse_partitions(text: str) -> list[int]:
     """`0-15` or `0-3,8,10-11`: sorted, no repeats."""
     out: list[int] = []

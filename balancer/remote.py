@@ -244,7 +244,7 @@ class Remote:
 
     def deliver(self, part: Partition, msg: Any) -> bool:
         """Write one JetStream message's new bytes to its pipe; False: a gap, rewind."""
-        seq = msg.metadata.sequence.stream
+        seq = jsfeed.stream_sequence(msg.reply)
         if seq <= part.last_seq:
             if seq <= part.acked:  # our ack was lost (a disconnect): the worker had read it
                 task = asyncio.ensure_future(_ack_quietly(msg))

@@ -203,3 +203,28 @@ def test_credit_forgets_requests_the_server_cannot_owe():
     assert credit.outstanding == 0 and not credit.lost(30.0)
     with pytest.raises(ValueError):
         jspull.PullCredit(0, 5.0)
+
+
+# -- the stream sequence from a delivery's ack subject (lb-remote's hot path) --------------------
+
+_V1 = "$JS.ACK.FEED.lb-remote-3.1.{seq}.{cseq}.1733280000000000000.{pending}"
+_V2 = "$JS.ACK.{domain}.ACCHASH.FEED.lb-remote-3.2.{seq}.{cseq}.1733280000000000000.{pending}.tok"
+
+
+@pytest.mark.parametrize("template", [_V1, _V2, _V2.removesuffix(".tok")])
+@pytest.mark.parametrize("seq", [1, 7, 123456789012])
+def test_stream_sequence_reads_what_nats_py_reads(template, seq):
+    from nats.aio.msg import Msg
+
+    reply = template.format(seq=seq, cseq=seq + 5, pending=3, domain="_")
+    assert jsfeed.stream_sequence(reply) == seq
+    assert Msg.Metadata._from_reply(reply).sequence.stream == seq  # the reference agrees
+
+
+@pytest.mark.parametrize("reply", [None, "", "_INBOX.x.y", "$JS.ACK.FEED.c.1.2.3.4",  # 8 tokens
+                                   "$JS.ACK.D.H.FEED.c.1.2.3.4",  # 10 tokens: neither form
+                                   "$JS.NAK.FEED.c.1.2.3.4.5", "$JS.ACK.FEED.c.1.x.3.4.5",
+                                   "$JS.ACK.FEED.c.1.-2.3.4.5", "$JS.ACK.FEED.c.1.\u00b2.3.4.5"])
+def test_stream_sequence_refuses_what_is_not_a_delivery(reply):
+    with pytest.raises(jsfeed.BadMessage):
+        jsfeed.stream_sequence(reply)

@@ -18,8 +18,9 @@ from workers.framing import frame_all
 
 
 def js_message(seq: int, data: bytes) -> SimpleNamespace:
+    """What lb-remote reads of a nats-py Msg: data, headers, and the ack subject (the sequence)."""
     return SimpleNamespace(data=data, headers=None,
-                           metadata=SimpleNamespace(sequence=SimpleNamespace(stream=seq)))
+                           reply=f"$JS.ACK.FEED.lb-remote-0.1.{seq}.{seq}.1733280000000000000.0")
 
 
 def make_remote(tmp_path, npartitions: int = 2) -> Remote:
