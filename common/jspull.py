@@ -28,6 +28,7 @@ WATCH = 0.25  # the loop looks at its credit at least this often
 # request). The consumer itself delivers in stream order whichever request a message fills.
 
 STATUS = "Status"
+DESCRIPTION = "Description"
 PENDING_MESSAGES = "Nats-Pending-Messages"
 HEARTBEAT, CONFLICT = "100", "409"  # 408 (request expired) and 404 need no case of their own
 
@@ -131,7 +132,7 @@ class OutstandingPull:
             self.credit.status(code, pending, now)
             if code == CONFLICT:
                 self.log.info("%s: pull request ended: %s %s", self.label, code,
-                              (msg.headers or {}).get("Description", ""))
+                              (msg.headers or {}).get(DESCRIPTION, ""))
         else:
             self.credit.delivered(now)
             if not self.on_message(msg):

@@ -268,9 +268,10 @@ class Bridge:
             except Exception as exc:
                 part.retries += 1
                 if part.retries == 1 or part.retries % 20 == 0:
+                    detail = str(exc)[:200]
                     log.warning("pipe %d: publish not acknowledged (%s%s); retrying, nothing is dropped "
                                 "(%d retries)", part.index, type(exc).__name__,
-                                f": {str(exc)[:200]}" if str(exc) else "", part.retries)
+                                f": {detail}" if detail else "", part.retries)
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
 

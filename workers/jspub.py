@@ -24,8 +24,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-STATUS = "Status"
-DESCRIPTION = "Description"
+from common.jspull import DESCRIPTION, STATUS
 
 
 class PubAck(NamedTuple):
