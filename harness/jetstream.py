@@ -100,9 +100,13 @@ class NatsCluster:
         for node in procs:
             wait_for(lambda n=node: "Server is ready" in n.log() or n.proc.poll() is not None, 20,
                      f"nats-server {node.name} ready")
-        wait_for(lambda: any("JetStream cluster new metadata leader" in n.log() or
+            if node.proc.poll() is not None:
+                raise AssertionError(f"nats-server {node.name} exited: {node.log()[-2000:]}")
+        # every node knows the metadata leader: all three are in the group (a 3-replica stream
+        # asked for sooner can be refused for want of peers)
+        wait_for(lambda: all("JetStream cluster new metadata leader" in n.log() or
                              "Self is new JetStream cluster metadata leader" in n.log() for n in self.nodes),
-                 30, "a JetStream metadata leader")
+                 30, "every node to know the JetStream metadata leader")
         return self
 
     def cleanup(self) -> None:

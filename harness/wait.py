@@ -16,15 +16,17 @@ class Timeout(AssertionError):
     pass
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy; raise Timeout naming ``what``."""
+def wait_for(predicate: Callable[[], T], timeout: float, what: str | Callable[[], str],
+             interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy; raise Timeout naming ``what`` (a
+    callable is asked only then, so a message can carry the logs as they are at the deadline)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise Timeout(f"timed out after {timeout:g} s waiting for {what}")
+            raise Timeout(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
 
 
@@ -50,7 +52,7 @@ def wait_json(path: str, timeout: float, what: str | None = None) -> dict[str, A
     return wait_for(lambda: read_json(path), timeout, what or f"{os.path.basename(path)}")
 
 
-async def async_wait_for(predicate: Callable[[], T], timeout: float, what: str,
+async def async_wait_for(predicate: Callable[[], T], timeout: float, what: str | Callable[[], str],
                          interval: float = 0.02) -> T:
     """``wait_for`` for asyncio tests: polls without blocking the event loop."""
     import asyncio
@@ -61,7 +63,7 @@ async def async_wait_for(predicate: Callable[[], T], timeout: float, what: str,
         if value:
             return value
         if time.monotonic() > deadline:
-            raise Timeout(f"timed out after {timeout:g} s waiting for {what}")
+            raise Timeout(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
         await asyncio.sleep(interval)
 
 

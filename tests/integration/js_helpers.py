@@ -94,7 +94,7 @@ class Chain:
             stats = remote.stats()
             return stats.get("messages", 0) >= count and not stats.get("backlog_bytes")
 
-        wait_for(done, timeout, f"lb-remote to deliver {count} messages ({self.logs()[-3000:]})")
+        wait_for(done, timeout, lambda: f"lb-remote to deliver {count} messages ({self.logs()[-3000:]})")
 
     def logs(self) -> str:
         text = self.lb.log() if self.lb else ""
