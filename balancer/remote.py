@@ -25,14 +25,12 @@ import asyncio
 import logging
 import os
 import signal
-import ssl
 import struct
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from balancer import jsfeed
 from balancer.cli import split_argv
@@ -49,6 +47,7 @@ from balancer.supervisor import (
     resolve_executable,
     spawn,
 )
+from common import natsconn
 from common.atomicfile import write_json_atomic
 from common.jspull import OutstandingPull
 from common.units import positive_duration, size, time_arg
@@ -501,7 +500,8 @@ class Remote:
         except WorkerStartError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
-        self.nc = await connect(self.args, f"lb-remote {self.args.durable}", self.rewind_all)
+        self.nc = await natsconn.connect(self.args.nats_options, f"lb-remote {self.args.durable}",
+                                         self.rewind_all)
         self.js = self.nc.jetstream()
         tasks = [asyncio.ensure_future(self.pull(p)) for p in self.parts]
         tasks.append(asyncio.ensure_future(self.ticker()))
@@ -584,53 +584,10 @@ async def _ack_quietly(msg: Any) -> None:
         pass
 
 
-async def connect(args: argparse.Namespace, name: str, on_reconnect: Any) -> Any:
-    import nats
-
-    kwargs: dict[str, Any] = {"servers": args.servers, "name": name, "max_reconnect_attempts": -1,
-                              "reconnect_time_wait": 0.25, "connect_timeout": 2}
-    if args.creds:
-        kwargs["user_credentials"] = args.creds
-    if args.nkey:
-        kwargs["nkeys_seed"] = args.nkey
-    if args.cafile or any(s.startswith("tls://") for s in args.servers):
-        kwargs["tls"] = ssl.create_default_context(cafile=args.cafile)
-
-    async def disconnected() -> None:
-        log.warning("disconnected from NATS; waiting for it")
-
-    async def reconnected() -> None:
-        log.warning("reconnected to NATS")
-        on_reconnect()
-
-    async def error(exc: Exception) -> None:
-        log.warning("NATS: %s", str(exc)[:200] or type(exc).__name__)
-
-    return await nats.connect(**kwargs, disconnected_cb=disconnected, reconnected_cb=reconnected,
-                              error_cb=error)
-
-
-def servers(text: str) -> list[str]:
-    out = []
-    for item in text.split(","):
-        parts = urlsplit(item.strip())
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise argparse.ArgumentTypeError(f"bad NATS URL {item!r}: nats://HOST:PORT or tls://HOST:PORT")
-        if parts.username is not None or parts.password is not None:
-            raise argparse.ArgumentTypeError("no user, password or token in the NATS URL (argv is public): "
-                                             "use --creds FILE or --nkey FILE")
-        out.append(item.strip())
-    return out
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lb-remote", description=__doc__.split("\n\n")[0])
     add_version_option(p)
-    p.add_argument("--nats", dest="servers", type=servers, default=["nats://127.0.0.1:4222"],
-                   metavar="URL[,URL...]", help="nats:// or tls:// server URL(s)")
-    p.add_argument("--creds", metavar="FILE", help="NATS credentials file")
-    p.add_argument("--nkey", metavar="FILE", help="file holding an nkey seed")
-    p.add_argument("--cafile", metavar="FILE", help="CA bundle to verify the NATS server")
+    natsconn.add_arguments(p)
     p.add_argument("--stream", required=True)
     p.add_argument("--prefix", default="trades", help="subject prefix (default trades)")
     p.add_argument("--partitions", required=True, type=jsfeed.parse_partitions, metavar="LIST",
@@ -672,10 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.code else 0
     try:
         args.exe = resolve_executable(args.exe, args.workdir)
-        for name in ("creds", "nkey", "cafile"):
-            path = getattr(args, name)
-            if path is not None and not os.path.isfile(path):
-                raise ValueError(f"--{name} {path!r} is not a readable file")
+        args.nats_options = natsconn.options_from(args)
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE

@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -87,17 +88,45 @@ def connect_kwargs(options: NatsOptions, name: str) -> dict[str, Any]:
     return kwargs
 
 
-async def connect(options: NatsOptions, name: str) -> Any:
+async def connect(options: NatsOptions, name: str, on_reconnect: Callable[[], None] | None = None) -> Any:
+    """A client named ``name`` to the server (its connz) that waits out any outage (logged once
+    per disconnection, not on our own close); ``on_reconnect`` is called each time it is
+    connected again."""
     import nats
 
+    client: list[Any] = []
+
     async def disconnected() -> None:
-        log.warning("%s: disconnected from NATS; waiting for it (nothing is dropped)", name)
+        if client and client[0].is_closed:
+            return  # our own close: not an outage
+        log.warning("disconnected from NATS; waiting for it (nothing is dropped)")
 
     async def reconnected() -> None:
-        log.warning("%s: reconnected to NATS", name)
+        log.warning("reconnected to NATS")
+        if on_reconnect is not None:
+            on_reconnect()
 
     async def error(exc: Exception) -> None:
-        log.warning("%s: NATS: %s", name, type(exc).__name__ if not str(exc) else str(exc)[:200])
+        log.warning("NATS: %s", type(exc).__name__ if not str(exc) else str(exc)[:200])
 
-    return await nats.connect(**connect_kwargs(options, name), disconnected_cb=disconnected,
-                              reconnected_cb=reconnected, error_cb=error)
+    client.append(await nats.connect(**connect_kwargs(options, name), disconnected_cb=disconnected,
+                                     reconnected_cb=reconnected, error_cb=error))
+    return client[0]
+
+
+# JetStream API errors that a cluster being formed, or electing a leader, answers for a while:
+# JSClusterIncompleteErr, JSClusterNoPeersErr, JSClusterNotAvailErr ("JetStream system
+# temporarily unavailable"), JSClusterNotLeaderErr, JSInsufficientResourcesErr
+PASSING_ERRORS = frozenset({10004, 10005, 10008, 10009, 10023})
+
+
+def refusal(exc: BaseException) -> str | None:
+    """What a JetStream API answer refused, if asking again is not expected to change it; None
+    for what can pass: no answer at all (a timeout, no responders, a connection being
+    re-established), a 503, or one of PASSING_ERRORS. Every other API error is a refusal
+    (a stream configured otherwise, "replicas > 1 not supported in non-clustered mode")."""
+    from nats.js.errors import APIError
+
+    if not isinstance(exc, APIError) or exc.code == 503 or exc.err_code in PASSING_ERRORS:
+        return None
+    return f"{exc.description or 'refused'} (code {exc.code}, error {exc.err_code})"

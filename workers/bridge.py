@@ -44,10 +44,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import natsconn
 from common.atomicfile import write_json_atomic
 from common.units import duration, positive_duration, size
 from common.version import add_version_option
-from workers import jsproto, jspub, natsconn
+from workers import jsproto, jspub
 from workers.framing import MAX_MESSAGE
 
 log = logging.getLogger("lb-bridge")
@@ -167,6 +168,27 @@ class Bridge:
         log.info("pipe %d: resuming at stream offset %d", part.index, part.offset)
 
     async def ensure_stream(self) -> None:
+        """The stream, created if missing; asked again (with backoff, logged the first time and
+        then every 20th) while the server cannot answer yet, as a cluster being formed or
+        electing a leader cannot; a refusal that asking again cannot change is a usage error."""
+        delay, tries = 0.1, 0
+        while True:
+            try:
+                return await self._ensure_stream()
+            except ValueError:
+                raise
+            except Exception as exc:
+                refused = natsconn.refusal(exc)
+                if refused is not None:
+                    raise ValueError(f"stream {self.args.stream}: {refused}") from exc
+                tries += 1
+                if tries == 1 or tries % 20 == 0:
+                    log.warning("stream %s: no answer yet (%s: %s); asking again (%d tries)",
+                                self.args.stream, type(exc).__name__, str(exc)[:200] or "-", tries)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def _ensure_stream(self) -> None:
         from nats.js.api import DiscardPolicy, StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
@@ -328,7 +350,16 @@ class Bridge:
             self.locate(part)
         self.nc = await natsconn.connect(self.nats, f"lb-bridge {self.epoch}")
         self.js = self.nc.jetstream()
-        await self.ensure_stream()
+        setup = asyncio.ensure_future(self.ensure_stream())
+        tasks.append(setup)  # a stop while the stream is being asked for cancels it
+        try:
+            if self.stopping:  # stopped while connecting
+                setup.cancel()
+            await setup
+        except asyncio.CancelledError:
+            await self.nc.close()
+            return 0
+        tasks.clear()
         self.acks = jspub.AckInbox(self.nc)
         await self.acks.start()
         log.info("publishing %d pipes to %s.<pipe> (epoch %s)", len(self.parts), self.args.prefix, self.epoch)

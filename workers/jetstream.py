@@ -33,10 +33,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import natsconn
 from common.jspull import OutstandingPull
 from common.units import duration, positive_duration, size, time_arg
 from common.version import add_version_option
-from workers import jsproto, natsconn
+from workers import jsproto
 from workers.framing import MAX_MESSAGE, split_frames
 from workers.handler import HandlerContext
 from workers.registry import HandlerNotFound, load_handler

@@ -257,7 +257,8 @@ def test_cluster_node_killed(tmp_path, chain_factory):
         worker, report = chain.verify_worker()
         chain.start_feed()
         remote = chain.remote(worker)
-        wait_for(lambda: remote.stats().get("messages", 0) > 40_000, 60, "delivery")
+        wait_for(lambda: remote.stats().get("messages", 0) > 40_000, 60,
+                 lambda: f"delivery before the kill ({chain.logs()[-3000:]})")
         cluster.nodes[0].stop(signal.SIGKILL)
         ledger = chain.ledger(90)
         chain.wait_delivered(remote, ledger["totals"]["trades_sent"], 90)
@@ -357,9 +358,9 @@ def test_reader_hands_out_what_arrived_without_waiting_for_idle_partitions(nats_
     import nats
     from nats.js.api import StorageType, StreamConfig
 
+    from common.natsconn import NatsOptions
     from workers.framing import frame_all
     from workers.jetstream import JetStreamReader
-    from workers.natsconn import NatsOptions
 
     async def scenario() -> None:
         nc = await nats.connect(nats_server.url)

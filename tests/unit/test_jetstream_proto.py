@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from balancer import jsfeed
@@ -126,21 +124,17 @@ def test_prefix_check():
 
 @pytest.mark.parametrize("url", ["nats://u:p@h:4222", "nats://token@h:4222", "tls://a:b@h:1"])
 def test_no_secret_in_a_nats_url(url):
-    from balancer.remote import servers
-    from workers.natsconn import parse_servers
+    from common.natsconn import parse_servers
 
     with pytest.raises(ValueError, match="--creds"):
         parse_servers(url)
-    with pytest.raises(argparse.ArgumentTypeError, match="--creds"):
-        servers(url)
 
 
 def test_nats_urls():
-    from balancer.remote import servers
-    from workers.natsconn import parse_servers
+    from common.natsconn import parse_servers
 
     text = "nats://127.0.0.1:4222, tls://nats.example:4443"
-    assert parse_servers(text) == servers(text) == ["nats://127.0.0.1:4222", "tls://nats.example:4443"]
+    assert parse_servers(text) == ["nats://127.0.0.1:4222", "tls://nats.example:4443"]
     for bad in ("http://h:1", "nats://", "h:4222"):
         with pytest.raises(ValueError):
             parse_servers(bad)
@@ -228,3 +222,32 @@ def test_stream_sequence_reads_what_nats_py_reads(template, seq):
 def test_stream_sequence_refuses_what_is_not_a_delivery(reply):
     with pytest.raises(jsfeed.BadMessage):
         jsfeed.stream_sequence(reply)
+
+
+# -- which JetStream API answers pass (common.natsconn.refusal) -----------------------------------
+
+
+def test_answers_that_can_pass_are_not_refusals():
+    import nats.errors
+    from nats.js.errors import APIError, ServerError, ServiceUnavailableError
+
+    from common.natsconn import refusal
+
+    assert refusal(nats.errors.TimeoutError()) is None
+    assert refusal(nats.errors.NoRespondersError()) is None
+    assert refusal(ServiceUnavailableError(code=503, description="no responders")) is None
+    for err_code in (10004, 10005, 10008, 10009, 10023):  # a cluster forming or electing
+        assert refusal(ServerError(code=500, err_code=err_code, description="x")) is None
+        assert refusal(APIError(code=400, err_code=err_code, description="x")) is None
+
+
+def test_answers_that_stay_are_refusals():
+    from nats.js.errors import BadRequestError, ServerError
+
+    from common.natsconn import refusal
+
+    text = refusal(ServerError(code=500, err_code=10074,
+                               description="replicas > 1 not supported in non-clustered mode"))
+    assert text == "replicas > 1 not supported in non-clustered mode (code 500, error 10074)"
+    text = refusal(BadRequestError(code=400, err_code=10058, description="stream name already in use"))
+    assert text is not None and "10058" in text

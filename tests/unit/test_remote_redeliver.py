@@ -150,6 +150,7 @@ def test_a_partition_loop_that_dies_stops_lb_remote_loudly(tmp_path, monkeypatch
     remote = make_remote(tmp_path)
     remote.args.since = remote.args.from_seq = None
     remote.args.durable = "test"
+    remote.args.nats_options = None
 
     async def fake_connect(*_args):
         return SimpleNamespace(jetstream=lambda: None)
@@ -160,7 +161,7 @@ def test_a_partition_loop_that_dies_stops_lb_remote_loudly(tmp_path, monkeypatch
     async def no_shutdown():
         remote.pipes.close()
 
-    monkeypatch.setattr(remote_module, "connect", fake_connect)
+    monkeypatch.setattr(remote_module.natsconn, "connect", fake_connect)
     monkeypatch.setattr(remote, "start_worker", lambda: None)
     monkeypatch.setattr(remote, "pull", broken_pull)
     monkeypatch.setattr(remote, "shutdown", no_shutdown)
