@@ -47,7 +47,7 @@ from balancer.supervisor import (
     resolve_executable,
     spawn,
 )
-from common import natsconn
+from common import jsapi, natsconn
 from common.atomicfile import write_json_atomic
 from common.jspull import OutstandingPull
 from common.units import positive_duration, size, time_arg
@@ -56,6 +56,7 @@ from common.version import add_version_option
 log = logging.getLogger("lb-remote")
 
 EXIT_USAGE = 2
+ACK = b"+ACK"
 TICK = 0.005
 ACK_INTERVAL = 0.05  # a partition's read messages are acked at most this often
 GROUP_EXIT_WAIT = 5.0
@@ -98,6 +99,7 @@ class Partition:
     pull: OutstandingPull | None = None  # while its pull requests are outstanding
     unacked: list[Delivered] = field(default_factory=list)  # read by the worker, ack not sent
     acked_at: float = 0.0
+    idle_note: tuple[int, int, int, str] | None = None  # the note taken once all was read
 
 
 class ProgressFile:
@@ -130,11 +132,10 @@ class Remote:
         self.backoff = 0.0
         self.stopping = False
         self.nc: Any = None
-        self.js: Any = None
+        self.js: jsapi.JetStream | None = None
         self._watching: set[int] = set()
         self._worker_gone = asyncio.Event()
         self._restart: asyncio.Task[None] | None = None
-        self._acks: set[asyncio.Future[None]] = set()
         self.resent_messages = 0  # partly read messages a dead worker left, delivered again whole
         self.resent_bytes = 0  # the parts of them the dead worker had read
 
@@ -154,38 +155,36 @@ class Remote:
 
     async def ensure_consumer(self, part: Partition) -> None:
         """(Re)create the partition's durable where delivery must resume."""
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-        from nats.js.errors import NotFoundError
-
+        assert self.js is not None
         a = self.args
         name = f"{a.durable}-{part.number}"
-        config = ConsumerConfig(durable_name=name, filter_subject=f"{a.prefix}.{part.number}",
-                                ack_policy=AckPolicy.ALL, ack_wait=a.ack_wait,
-                                max_ack_pending=a.max_ack_pending, deliver_policy=DeliverPolicy.ALL)
-        try:
-            existing = await self.js.consumer_info(a.stream, name)
-        except NotFoundError:
-            existing = None
+        config: dict[str, Any] = {
+            "durable_name": name, "filter_subject": f"{a.prefix}.{part.number}", "ack_policy": "all",
+            "ack_wait": int(a.ack_wait * jsapi.NS), "max_ack_pending": a.max_ack_pending,
+            "deliver_policy": "all", "replay_policy": "instant",
+        }
+        existing = await self.js.consumer_info(a.stream, name)
         if part.last_seq > 0:
             # a rewind: everything after what is already in our pipe, again
-            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, part.last_seq + 1
+            config["deliver_policy"], config["opt_start_seq"] = "by_start_sequence", part.last_seq + 1
         elif a.from_seq is not None:
-            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, a.from_seq
+            config["deliver_policy"], config["opt_start_seq"] = "by_start_sequence", a.from_seq
         elif a.since is not None:
-            config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, a.since
+            config["deliver_policy"], config["opt_start_time"] = "by_start_time", jsapi.rfc3339(a.since)
         elif part.resume_seq > 0:
             # the note says where the worker was: authoritative, even below the ack floor
-            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, part.resume_seq
+            config["deliver_policy"], config["opt_start_seq"] = "by_start_sequence", part.resume_seq
         elif existing is not None:
             # Resume right after the last message the worker had read. Recreating the durable
             # at its ack floor redelivers the unacknowledged ones now, not after --ack-wait.
-            floor = existing.ack_floor.stream_seq if existing.ack_floor else 0
+            floor = int((existing.get("ack_floor") or {}).get("stream_seq") or 0)
             if floor > 0:
-                config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, floor + 1
+                config["deliver_policy"], config["opt_start_seq"] = "by_start_sequence", floor + 1
             else:
-                old = existing.config
-                config.deliver_policy = old.deliver_policy
-                config.opt_start_seq, config.opt_start_time = old.opt_start_seq, old.opt_start_time
+                old = existing.get("config") or {}
+                for key in ("deliver_policy", "opt_start_seq", "opt_start_time"):
+                    if old.get(key):
+                        config[key] = old[key]
         if existing is not None:
             await self.js.delete_consumer(a.stream, name)
         await self.js.add_consumer(a.stream, config)
@@ -217,8 +216,9 @@ class Remote:
         """Deliver the partition's messages as they are stored, until a rewind or the end.
 
         About `--fetch` messages are always asked for (common.jspull): the server sends each
-        as soon as it has it, with no round trip per message; the credit is topped up only
-        while the worker's unread bytes are within --window.
+        as soon as it has it, with no round trip per message, and each is written to its pipe
+        while the read is parsed; the credit is topped up only while the worker's unread
+        bytes are within --window.
         """
 
         def on_message(msg: Any) -> bool:  # False (a rewind, the end): no more messages
@@ -229,8 +229,10 @@ class Remote:
                                label=f"partition {part.number}", log=log)
         part.pull = pull
         try:
-            await pull.run(lambda: self.stopping or part.rewind)
+            pull.start()
+            await pull.done.wait()
         finally:
+            pull.end()
             part.pull = None
 
     def rewind_all(self) -> None:
@@ -246,12 +248,11 @@ class Remote:
         seq = jsfeed.stream_sequence(msg.reply)
         if seq <= part.last_seq:
             if seq <= part.acked:  # our ack was lost (a disconnect): the worker had read it
-                task = asyncio.ensure_future(_ack_quietly(msg))
-                self._acks.add(task)
-                task.add_done_callback(self._acks.discard)
+                self._ack(msg)
             return True  # else a redelivery of a message still in the pipe: acked in order later
         data = msg.data or b""
-        origin = jsfeed.parse_origin((msg.headers or {}).get(jsfeed.MSG_ID))
+        headers = msg.headers
+        origin = jsfeed.parse_origin((headers or {}).get(jsfeed.MSG_ID))
         skip = 0
         if seq < part.resume_seq:
             skip = len(data)
@@ -282,7 +283,7 @@ class Remote:
         if skip:
             part.skipped_bytes += skip
         body = data[skip:] if skip else data
-        count = jsfeed.trusted_count(msg.headers) if origin is not None and not skip else -1
+        count = jsfeed.trusted_count(headers) if origin is not None and not skip else -1
         lens: Any
         if count >= 0:  # the bridge's: whole messages by construction, walked only for a resync
             lens = jsfeed.FramedLengths(body)
@@ -364,12 +365,30 @@ class Remote:
                         "again for the next worker, %d bytes from its start", pipe, inside - start,
                         head.seq, offset - head.pipe_start)
 
+    def _ack(self, msg: Any) -> None:
+        """AckPolicy.ALL: one ack covers every earlier message of the partition. Disconnected,
+        it is not sent: the ack floor lags, the progress note holds."""
+        if self.nc is None:
+            return
+        try:
+            self.nc.publish(msg.reply, ACK)
+        except ConnectionError as exc:
+            log.debug("ack not sent: %s", exc)
+
     async def acknowledge(self, final: bool = False) -> None:
         """Note the worker's read position; ack, in order, what it has read entirely (at most
         every ACK_INTERVAL per partition, or when half of --max-ack-pending is waiting)."""
         now = time.monotonic()
+        pipes = self.pipes
         for part in self.parts:
-            consumed = self.pipes.consumed(part.pipe)
+            if not part.pending and not part.unacked and part.noted == part.idle_note:
+                # nothing written that the worker has not read, nothing to note or ack: no
+                # system call (most partitions, most ticks, on a quiet feed)
+                if part.pull is not None:
+                    part.pull.poke(True)  # all read: room
+                    part.pull.tick(now)
+                continue
+            consumed = pipes.consumed(part.pipe)
             done = []
             while part.pending and part.pending[0].pipe_end <= consumed:
                 done.append(part.pending.popleft())
@@ -388,6 +407,8 @@ class Remote:
                 self.progress.write(part.pipe, *note)
                 part.noted = note
             part.unacked.extend(done)
+            if not part.pending:
+                part.idle_note = part.noted
             if part.unacked and (final or now - part.acked_at >= ACK_INTERVAL
                                  or len(part.unacked) >= self.args.max_ack_pending // 2):
                 # AckPolicy.ALL: one ack covers every earlier message of the partition. Acks
@@ -397,13 +418,12 @@ class Remote:
                 part.unacked.clear()
                 part.acked_at = now
                 part.acked = last.seq  # read by the worker, whether or not the ack gets through
-                try:
-                    await last.msg.ack()
-                except Exception as exc:  # disconnected: the ack floor lags; the note holds
-                    log.debug("ack of seq %d failed: %s", last.seq, exc)
+                self._ack(last.msg)
             if part.pull is not None:
-                # the worker may have made room: top the pull requests up
+                # the worker may have made room: top the pull requests up; a silent server is
+                # asked again
                 part.pull.poke(self._room(part, consumed))
+                part.pull.tick(now)
 
     async def ticker(self) -> None:
         last_stats = 0.0
@@ -500,9 +520,19 @@ class Remote:
         except WorkerStartError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
-        self.nc = await natsconn.connect(self.args.nats_options, f"lb-remote {self.args.durable}",
-                                         self.rewind_all)
-        self.js = self.nc.jetstream()
+        self.nc = natsconn.client(self.args.nats_options, f"lb-remote {self.args.durable}",
+                                  on_reconnect=self.rewind_all)
+        connecting = asyncio.ensure_future(self.nc.connect())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([connecting, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():  # stopped while the server could not be reached
+            connecting.cancel()
+            self.stopping = True
+            await self.shutdown()
+            return 0
+        stopped.cancel()
+        connecting.result()
+        self.js = jsapi.JetStream(self.nc)
         tasks = [asyncio.ensure_future(self.pull(p)) for p in self.parts]
         tasks.append(asyncio.ensure_future(self.ticker()))
         failed: list[BaseException] = []
@@ -555,7 +585,7 @@ class Remote:
         await self.acknowledge(final=True)
         try:
             await self.nc.flush(timeout=2)
-        except Exception:
+        except Exception:  # disconnected: the acks wait for the next lb-remote (the note holds)
             pass
         if self.args.stats_file:
             write_json_atomic(self.args.stats_file, self.snapshot())
@@ -575,13 +605,6 @@ def _take_back_unread(pipes: PipeSet, pipe: int) -> None:
     pipes.written[pipe] += pipes.backlog_bytes[pipe]
     pipes.backlog[pipe].clear()
     pipes.backlog_bytes[pipe] = 0
-
-
-async def _ack_quietly(msg: Any) -> None:
-    try:
-        await msg.ack()
-    except Exception:
-        pass
 
 
 def parser() -> argparse.ArgumentParser:

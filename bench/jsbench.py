@@ -7,9 +7,12 @@ all on this machine.
    p50/p99/max of (receive - send) per frame, CLOCK_MONOTONIC, steady state only.
 
     python -m bench.jsbench [--trades 1000000] [--rate 200k/s] [--pipes 32] [--nats-server PATH]
+                            [--huge-pages]
 
 The nats-server is the one on PATH (Debian's package in CI) unless --nats-server or
-LB_NATS_SERVER names another binary; the row names the version it ran.
+LB_NATS_SERVER names another binary; the row names the version it ran. It runs with
+transparent huge pages off (harness.nothp), as docs/jetstream.md advises; --huge-pages leaves
+them on.
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ def server_version(binary: str = NATS_SERVER) -> str:
     return out.strip().rpartition(" ")[2] or "unknown"
 
 
-def throughput(trades: int, npipes: int = NPIPES, nats_server: str = NATS_SERVER) -> dict[str, Any]:
+def throughput(trades: int, npipes: int = NPIPES, nats_server: str = NATS_SERVER,
+               huge_pages: bool = False) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="jsbench-")
-    nats = NatsServer(os.path.join(work, "store"), binary=nats_server).start()
+    nats = NatsServer(os.path.join(work, "store"), binary=nats_server, huge_pages=huge_pages).start()
     ready = os.path.join(work, "blaster.json")
     fifo = os.path.join(work, "done.fifo")
     os.mkfifo(fifo)
@@ -104,9 +108,9 @@ def throughput(trades: int, npipes: int = NPIPES, nats_server: str = NATS_SERVER
 
 
 def latency(rate: str, seconds: float = 12.0, skip: float = 2.0, tail: float = 1.0,
-            npipes: int = NPIPES, nats_server: str = NATS_SERVER) -> dict[str, Any]:
+            npipes: int = NPIPES, nats_server: str = NATS_SERVER, huge_pages: bool = False) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="jslatency-")
-    nats = NatsServer(os.path.join(work, "store"), binary=nats_server).start()
+    nats = NatsServer(os.path.join(work, "store"), binary=nats_server, huge_pages=huge_pages).start()
     samples_path = os.path.join(work, "samples.json")
     sim = SimProcess(["--rate", rate, "--stamp-ids", "--duration", f"{seconds:g}s", "--stats-interval", "0",
                       "-q", "--seed", "5", "--no-tls"], ledger=False, workdir=work).start()
@@ -145,17 +149,19 @@ def _read(path: str) -> list[int] | None:
         return None
 
 
-def row(trades: int, rate: str, npipes: int = NPIPES, nats_server: str = NATS_SERVER) -> dict[str, Any]:
+def row(trades: int, rate: str, npipes: int = NPIPES, nats_server: str = NATS_SERVER,
+        huge_pages: bool = False) -> dict[str, Any]:
     version = server_version(nats_server)
-    print(f"\nJetStream: lb -> lb-bridge -> nats-server {version} (file) -> lb-remote -> drain, "
-          f"{npipes} pipes:", flush=True)
-    tp = throughput(trades, npipes, nats_server)
+    print(f"\nJetStream: lb -> lb-bridge -> nats-server {version} (file, huge pages "
+          f"{'on' if huge_pages else 'off'}) -> lb-remote -> drain, {npipes} pipes:", flush=True)
+    tp = throughput(trades, npipes, nats_server, huge_pages)
     print(f"  sustained    {tp['trades']:>9,} trades in {tp['seconds']:.2f} s: {tp['trades_per_s']:>10,} "
           f"trades/s ({tp['mb_per_s']} MB/s of pipe bytes)", flush=True)
-    lat = latency(rate, npipes=npipes, nats_server=nats_server)
+    lat = latency(rate, npipes=npipes, nats_server=nats_server, huge_pages=huge_pages)
     print(f"  paced {lat['rate']:<7} frames {lat['frames']:>7,}  p50 {lat['p50_ms']:.2f} ms  "
           f"p99 {lat['p99_ms']:.2f} ms  max {lat['max_ms']:.2f} ms", flush=True)
-    return {"nats_server": version, "pipes": npipes, "throughput": tp, "latency": lat}
+    return {"nats_server": version, "huge_pages": huge_pages, "pipes": npipes, "throughput": tp,
+            "latency": lat}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipes", type=int, default=NPIPES)
     p.add_argument("--nats-server", default=NATS_SERVER, metavar="PATH",
                    help="the nats-server binary (default: LB_NATS_SERVER, else the one on PATH)")
+    p.add_argument("--huge-pages", action="store_true",
+                   help="leave transparent huge pages on for nats-server (default off, as docs/jetstream.md "
+                        "advises)")
     args = p.parse_args(argv)
-    print(json.dumps(row(args.trades, args.rate, args.pipes, args.nats_server)))
+    print(json.dumps(row(args.trades, args.rate, args.pipes, args.nats_server, args.huge_pages)))
     return 0
 
 

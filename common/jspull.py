@@ -1,8 +1,7 @@
 """JetStream pull requests kept outstanding: a pull consumer that delivers like a push one.
 
-Shared by lb-remote (balancer/remote.py) and the Python reader (workers/jetstream.py). It
-needs only a connected nats-py client (`subscribe`, `publish`, `new_inbox`), duck-typed, so
-this module imports nothing of nats.
+Shared by lb-remote (balancer/remote.py) and the Python reader (workers/jetstream.py), over a
+connected common.natsclient.Client (duck-typed here).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Any
 
 JS_API = "$JS.API"
 EXPIRES = 5.0  # a pull request's life on the server; one lost is asked again after it
-WATCH = 0.25  # the loop looks at its credit at least this often
 
 # A JetStream pull request (`$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`, JSON `{"batch": N,
 # "expires": ns}`, reply subject = our inbox) asks the server for up to N messages; it hands
@@ -31,6 +29,7 @@ STATUS = "Status"
 DESCRIPTION = "Description"
 PENDING_MESSAGES = "Nats-Pending-Messages"
 HEARTBEAT, CONFLICT = "100", "409"  # 408 (request expired) and 404 need no case of their own
+_REQUEST = b'{"batch":%d,"expires":%d}'
 
 
 def pull_status(headers: dict[str, str] | None) -> tuple[str, int | None] | None:
@@ -94,14 +93,18 @@ class PullCredit:
 
 class OutstandingPull:
     """Keeps pull requests for about `batch` messages outstanding on one consumer and hands
-    each message to `on_message` as it comes (a nats-py `Msg`); status messages are consumed
-    here. `room()` says whether more may be asked for; `on_message` returning False ends
-    `run()` (after which nothing more is handed over). Call `poke()` when room may have come."""
+    each message to `on_message` as it arrives (a `common.natsproto.Msg`, called while the
+    read is parsed: no task or queue per message); status messages are consumed here.
+    `room()` says whether more may be asked for; `on_message` returning False ends the pull
+    (nothing more is handed over after it). Call `poke()` when room may have come, and
+    `tick()` now and then (a silent server is asked again). `client` is a connected
+    `common.natsclient.Client` (duck-typed: `subscribe`, `unsubscribe`, `publish`, `new_inbox`).
+    """
 
-    def __init__(self, nc: Any, stream: str, consumer: str, batch: int,
+    def __init__(self, client: Any, stream: str, consumer: str, batch: int,
                  on_message: Callable[[Any], bool], room: Callable[[], bool], *,
                  label: str, log: logging.Logger, expires: float = EXPIRES) -> None:
-        self.nc = nc
+        self.client = client
         self.subject = f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.credit = PullCredit(batch, expires)
         self.on_message = on_message
@@ -109,69 +112,70 @@ class OutstandingPull:
         self.label = label
         self.log = log
         self.ended = False
+        self.inbox = ""
+        self._sid = 0
         self._silent = False
-        self._wake = asyncio.Event()
+        self.done = asyncio.Event()
+
+    def start(self) -> None:
+        """Subscribes the inbox and asks for the first batch."""
+        self.inbox = self.client.new_inbox()
+        self._sid = self.client.subscribe(self.inbox, self._on_msg)
+        self.poke()
 
     def poke(self, room: bool | None = None) -> None:
-        """Wake the loop if more should be asked for; `room` if the caller already knows it."""
-        if self.credit.wanted(self.room() if room is None else room):
-            self._wake.set()
+        """Asks for more if the credit is down to half and the worker has room (`room` if
+        the caller already knows it)."""
+        if self.ended:
+            return
+        credit = self.credit
+        if credit.outstanding > credit.batch // 2:
+            return  # enough asked for: no need to ask `room()` (a system call for lb-remote)
+        want = credit.wanted(self.room() if room is None else room)
+        if not want:
+            return
+        try:
+            self.client.publish(self.subject, _REQUEST % (want, int(credit.expires * 1e9)),
+                                reply=self.inbox)
+        except ConnectionError as exc:  # disconnected: asked again once connected (tick)
+            self.log.debug("%s: pull request not sent: %s", self.label, exc)
+            return
+        credit.requested(want, time.monotonic())
+
+    def tick(self, now: float | None = None) -> None:
+        """A server silent past a request's life forgot it (a restart, a leader change): ask again."""
+        if self.ended:
+            return
+        if self.credit.lost(time.monotonic() if now is None else now):
+            # once per silence: through an outage this repeats every request's life
+            (self.log.debug if self._silent else self.log.warning)(
+                "%s: no answer to pull requests for %.0f s; asking again", self.label, self.credit.expires)
+            self._silent = True
+        self.poke()
 
     def end(self) -> None:
+        if self.ended:
+            return
         self.ended = True
-        self._wake.set()
+        if self._sid:
+            self.client.unsubscribe(self._sid)
+        self.done.set()
 
-    async def _on_msg(self, msg: Any) -> None:
+    def _on_msg(self, msg: Any) -> None:
         if self.ended:
             return
         now = time.monotonic()
         self._silent = False
-        status = pull_status(msg.headers)
+        status = pull_status(msg.headers) if msg.hdr else None
         if status is not None:
             code, pending = status
             self.credit.status(code, pending, now)
             if code == CONFLICT:
                 self.log.info("%s: pull request ended: %s %s", self.label, code,
-                              (msg.headers or {}).get(DESCRIPTION, ""))
+                              msg.headers.get(DESCRIPTION, ""))
         else:
             self.credit.delivered(now)
             if not self.on_message(msg):
                 self.end()
                 return
         self.poke()
-
-    async def run(self, until: Callable[[], bool]) -> None:
-        """Ask and deliver until `until()` is true or `on_message` said stop."""
-        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_msg)
-        credit = self.credit
-        request_ns = int(credit.expires * 1e9)
-        try:
-            while not self.ended and not until():
-                now = time.monotonic()
-                if credit.lost(now):
-                    # once per silence: through an outage this repeats every request's life
-                    (self.log.debug if self._silent else self.log.warning)(
-                        "%s: no answer to pull requests for %.0f s; asking again", self.label,
-                        credit.expires)
-                    self._silent = True
-                want = credit.wanted(self.room())
-                if want:
-                    try:
-                        await self.nc.publish(self.subject, b'{"batch":%d,"expires":%d}' % (want, request_ns),
-                                              reply=sub.subject)
-                    except Exception as exc:  # disconnected: asked again once connected
-                        self.log.debug("%s: pull request not sent: %s", self.label, exc)
-                        await asyncio.sleep(0.2)
-                        continue
-                    credit.requested(want, now)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), WATCH)
-                except TimeoutError:
-                    pass
-        finally:
-            self.ended = True
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass

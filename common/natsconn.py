@@ -14,8 +14,10 @@ import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
+
+from common.jsapi import APIError
+from common.natsclient import Client
 
 log = logging.getLogger("nats")
 
@@ -68,50 +70,18 @@ def options_from(args: argparse.Namespace) -> NatsOptions:
     return NatsOptions(servers, args.creds, args.nkey, args.cafile)
 
 
-def connect_kwargs(options: NatsOptions, name: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "servers": options.servers,
-        "name": name,
-        "max_reconnect_attempts": -1,  # an outage is waited out, never given up on
-        "reconnect_time_wait": 0.25,
-        "connect_timeout": 2,
-        "allow_reconnect": True,
-        "pending_size": 64 * 1024 * 1024,
-    }
-    if options.creds:
-        kwargs["user_credentials"] = options.creds
-    if options.nkey:
-        kwargs["nkeys_seed"] = options.nkey
-    if options.tls:
-        context = ssl.create_default_context(cafile=options.cafile)
-        kwargs["tls"] = context
-    return kwargs
+def client(options: NatsOptions, name: str, *, on_disconnect: Callable[[], None] | None = None,
+           on_reconnect: Callable[[], None] | None = None) -> Client:
+    """A client named ``name`` (the server's connz shows it) that waits out any outage; call
+    ``await client.connect()``. Our own close is no outage and is not logged as one."""
+    context = ssl.create_default_context(cafile=options.cafile) if options.tls else None
+    return Client(options.servers, name=name, tls=context, creds=options.creds, nkey=options.nkey,
+                  on_disconnect=on_disconnect, on_reconnect=on_reconnect, log=log)
 
 
-async def connect(options: NatsOptions, name: str, on_reconnect: Callable[[], None] | None = None) -> Any:
-    """A client named ``name`` to the server (its connz) that waits out any outage (logged once
-    per disconnection, not on our own close); ``on_reconnect`` is called each time it is
-    connected again."""
-    import nats
-
-    client: list[Any] = []
-
-    async def disconnected() -> None:
-        if client and client[0].is_closed:
-            return  # our own close: not an outage
-        log.warning("disconnected from NATS; waiting for it (nothing is dropped)")
-
-    async def reconnected() -> None:
-        log.warning("reconnected to NATS")
-        if on_reconnect is not None:
-            on_reconnect()
-
-    async def error(exc: Exception) -> None:
-        log.warning("NATS: %s", type(exc).__name__ if not str(exc) else str(exc)[:200])
-
-    client.append(await nats.connect(**connect_kwargs(options, name), disconnected_cb=disconnected,
-                                     reconnected_cb=reconnected, error_cb=error))
-    return client[0]
+async def connect(options: NatsOptions, name: str, on_reconnect: Callable[[], None] | None = None) -> Client:
+    """`client()`, connected."""
+    return await client(options, name, on_reconnect=on_reconnect).connect()
 
 
 # JetStream API errors that a cluster being formed, or electing a leader, answers for a while:
@@ -125,8 +95,6 @@ def refusal(exc: BaseException) -> str | None:
     for what can pass: no answer at all (a timeout, no responders, a connection being
     re-established), a 503, or one of PASSING_ERRORS. Every other API error is a refusal
     (a stream configured otherwise, "replicas > 1 not supported in non-clustered mode")."""
-    from nats.js.errors import APIError
-
     if not isinstance(exc, APIError) or exc.code == 503 or exc.err_code in PASSING_ERRORS:
         return None
     return f"{exc.description or 'refused'} (code {exc.code}, error {exc.err_code})"

@@ -24,8 +24,10 @@ class NatsServer:
 
     def __init__(self, store: str | None = None, *, name: str = "n1", port: int | None = None,
                  cluster_port: int | None = None, routes: list[int] | None = None,
-                 cluster: str = "lbtest", config: str | None = None, binary: str | None = None) -> None:
+                 cluster: str = "lbtest", config: str | None = None, binary: str | None = None,
+                 huge_pages: bool = False) -> None:
         self.binary = binary or NATS_SERVER
+        self.huge_pages = huge_pages  # off by default, as docs/jetstream.md advises (harness/nothp.py)
         self.config = config
         self.store = store or tempfile.mkdtemp(prefix="nats-store-")
         os.makedirs(self.store, exist_ok=True)
@@ -42,7 +44,8 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        argv = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store,
+        argv = [] if self.huge_pages else [sys.executable, "-m", "harness.nothp"]
+        argv += [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store,
                 "-n", self.name, "-l", self.log_path]
         if self.config:
             argv += ["-c", self.config]
@@ -54,13 +57,16 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> NatsServer:
         if os.path.exists(self.log_path):
             os.rename(self.log_path, f"{self.log_path}.{os.getpid()}.{id(self)}.old")
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = self.spawn()
         wait_for(lambda: "Server is ready" in self.log() or self.proc.poll() is not None, timeout,
                  f"nats-server {self.name} ready")
         if self.proc.poll() is not None:
             raise AssertionError(f"nats-server exited: {self.log()[-2000:]}")
         return self
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
 
     def log(self) -> str:
         return read_text(self.log_path)
@@ -94,8 +100,7 @@ class NatsCluster:
     def start(self) -> NatsCluster:
         procs = []
         for node in self.nodes:
-            node.proc = subprocess.Popen(node.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+            node.proc = node.spawn()
             procs.append(node)
         for node in procs:
             wait_for(lambda n=node: "Server is ready" in n.log() or n.proc.poll() is not None, 20,

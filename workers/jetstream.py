@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import natsconn
+from common import jsapi, natsconn
 from common.jspull import OutstandingPull
 from common.units import duration, positive_duration, size, time_arg
 from common.version import add_version_option
@@ -70,11 +70,10 @@ class JetStreamReader:
         self.batch = batch
         self.max_message = max_message
         self.nc: Any = None
-        self.js: Any = None
+        self.js: jsapi.JetStream | None = None
         self._unacked: list[Any] = []
         self._arrival = asyncio.Event()
-        self._pulls: list[asyncio.Task[None]] = []
-        self._closing = False
+        self._ticker: asyncio.Task[None] | None = None
         self.messages = 0
         self.duplicates = 0
 
@@ -86,36 +85,33 @@ class JetStreamReader:
         await self.close()
 
     async def open(self) -> None:
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-        from nats.js.errors import NotFoundError
-
         self.nc = await natsconn.connect(self.options, "workers.jetstream")
-        self.js = self.nc.jetstream()
+        self.js = js = jsapi.JetStream(self.nc)
         for part in self.parts:
-            config = ConsumerConfig(filter_subject=jsproto.subject(self.prefix, part.number),
-                                    ack_policy=AckPolicy.EXPLICIT, ack_wait=300,
-                                    deliver_policy=DeliverPolicy.ALL)
+            config: dict[str, Any] = {
+                "filter_subject": jsproto.subject(self.prefix, part.number), "ack_policy": "explicit",
+                "ack_wait": 300 * jsapi.NS, "deliver_policy": "all", "replay_policy": "instant",
+            }
             if self.from_seq is not None:
-                config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, self.from_seq
+                config["deliver_policy"], config["opt_start_seq"] = "by_start_sequence", self.from_seq
             elif self.since is not None:
-                config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, self.since
+                config["deliver_policy"] = "by_start_time"
+                config["opt_start_time"] = jsapi.rfc3339(self.since)
             if self.durable is None:
-                config.inactive_threshold = 60
-                info = await self.js.add_consumer(self.stream, config)
-                self._start(part, info.name)
+                config["inactive_threshold"] = 60 * jsapi.NS
+                info = await js.add_consumer(self.stream, config)
+                self._start(part, str(info["name"]))
                 continue
-            name = config.durable_name = f"{self.durable}-{part.number}"
-            try:
-                existing = await self.js.consumer_info(self.stream, name)
-            except NotFoundError:
-                existing = None
+            name = config["durable_name"] = f"{self.durable}-{part.number}"
+            existing = await js.consumer_info(self.stream, name)
             if existing is not None:
-                floor = existing.ack_floor.stream_seq if existing.ack_floor else 0
+                floor = int((existing.get("ack_floor") or {}).get("stream_seq") or 0)
                 if self.from_seq is None and self.since is None and floor > 0:
-                    config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, floor + 1
-                await self.js.delete_consumer(self.stream, name)
-            await self.js.add_consumer(self.stream, config)
+                    config["deliver_policy"], config["opt_start_seq"] = "by_start_sequence", floor + 1
+                await js.delete_consumer(self.stream, name)
+            await js.add_consumer(self.stream, config)
             self._start(part, name)
+        self._ticker = asyncio.ensure_future(self._tick())
 
     def _start(self, part: _Partition, consumer: str) -> None:
         """Pull requests for about a batch kept outstanding (common.jspull), while fewer than
@@ -129,13 +125,24 @@ class JetStreamReader:
         part.pull = OutstandingPull(self.nc, self.stream, consumer, self.batch, arrived,
                                     lambda: len(part.arrived) < self.batch,
                                     label=f"partition {part.number}", log=log)
-        self._pulls.append(asyncio.ensure_future(part.pull.run(lambda: self._closing)))
+        part.pull.start()
+
+    async def _tick(self) -> None:
+        """A server silent past a pull request's life is asked again."""
+        while True:
+            await asyncio.sleep(0.25)
+            for part in self.parts:
+                if part.pull is not None:
+                    part.pull.tick()
 
     async def ack(self) -> None:
-        """Acknowledge every batch handed out so far."""
+        """Acknowledge every batch handed out so far (disconnected: they come again later)."""
         unacked, self._unacked = self._unacked, []
-        for msg in unacked:
-            await msg.ack()
+        try:
+            for msg in unacked:
+                self.nc.publish(msg.reply, b"+ACK")
+        except ConnectionError as exc:
+            log.debug("acks not sent: %s", exc)
 
     async def read_batch(self, timeout: float = 1.0) -> list[tuple[int, list[bytes]]]:
         """Acknowledge the previous batch, then what has arrived on every partition (waiting up
@@ -163,7 +170,7 @@ class JetStreamReader:
         out: list[bytes] = []
         for msg in msgs:
             self._unacked.append(msg)
-            seq = msg.metadata.sequence.stream
+            seq = jsproto.stream_sequence(msg.reply)
             if seq <= part.last_seq:
                 continue
             part.last_seq = seq
@@ -196,12 +203,12 @@ class JetStreamReader:
     async def close(self) -> None:
         if self.nc is None:
             return
-        self._closing = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for part in self.parts:
             if part.pull is not None:
                 part.pull.end()
-        await asyncio.gather(*self._pulls, return_exceptions=True)
-        self._pulls.clear()
         try:
             await self.ack()
             await self.nc.flush(timeout=2)

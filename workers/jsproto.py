@@ -44,6 +44,22 @@ def parse_msg_id(text: str) -> MsgId:
     return MsgId(parts[0], int(parts[1]), int(parts[2]))
 
 
+# A delivery's ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
+# seq>.<timestamp>.<pending>`, or with a domain and an account hash before the stream (and
+# perhaps a token after): the stream sequence is the sixth field after `$JS.ACK` either way.
+_ACK_V1 = re.compile(r"\$JS\.ACK\.[^.]+\.[^.]+\.\d+\.(\d+)\.\d+\.\d+\.\d+", re.ASCII)
+_ACK_V2 = re.compile(r"\$JS\.ACK\.[^.]+\.[^.]+\.[^.]+\.[^.]+\.\d+\.(\d+)\.\d+\.\d+\.\d+(?:\.[^.]+)*",
+                     re.ASCII)
+
+
+def stream_sequence(reply: str | None) -> int:
+    """The stream sequence of a delivered message, from its ack (reply) subject."""
+    match = _ACK_V1.fullmatch(reply or "") or _ACK_V2.fullmatch(reply or "")
+    if match is None:
+        raise ValueError(f"not a JetStream delivery (reply subject {(reply or '')[:80]!r})")
+    return int(match.group(1))
+
+
 def subject(prefix: str, partition: int) -> str:
     return f"{prefix}.{partition}"
 

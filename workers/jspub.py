@@ -4,22 +4,20 @@ A JetStream publish is a NATS publish whose reply subject receives the stream's 
 "pub ack": JSON `{"stream": S, "seq": N}` (with `"duplicate": true` when the `Nats-Msg-Id`
 was already stored inside the duplicate window), `{"error": {"code": C, "description":
 D}}` when the stream refused it, or a header-only `503` status when no stream listens on the
-subject. nats-py's `JetStreamContext.publish` goes through its general request machinery
-(a `wait_for` per call, a `PubAck` dataclass built from the JSON): ~52 µs of client CPU per
-publish measured here against ~27 µs for the same publish through one inbox subscription
-`<inbox>.*` and a future per reply token (32 concurrent publishers, 5.7 KB messages,
-file-backed stream, this 2-core machine). At a paced 200k trades/s the bridge publishes
-about 4,000 messages a second, so that is a tenth of a core.
+subject. Every publish of the bridge names a reply subject `<inbox>.<token>` of one
+subscription `<inbox>.*`, a new token per attempt, and the answer is handed to that
+attempt's callback while the read is parsed: no future, task or timer per publish (the
+bridge's watchdog times attempts out in bulk).
 
 `parse_ack` is pure (bytes and headers in, a `PubAck` or an exception out);
-`AckInbox` is the thin I/O around it, over a connected nats-py client (duck-typed:
-`new_inbox`, `subscribe`, `publish`).
+`AckInbox` is the thin I/O around it, over a connected common.natsclient.Client (duck-typed:
+`new_inbox`, `subscribe`, `unsubscribe`, `publish`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -59,66 +57,63 @@ def parse_ack(data: bytes, headers: dict[str, str] | None = None) -> PubAck:
     return PubAck(stream, seq, doc.get("duplicate") is True)
 
 
-class AckInbox:
-    """Publishes to JetStream and waits for each answer on one subscription `<inbox>.*`.
+AckCallback = Callable[["PubAck | PublishError"], None]
 
-    Every attempt gets a new reply token, so a late answer to an attempt that timed out
-    (and was republished) finds no waiter and is dropped; the republish carries the same
+
+class AckInbox:
+    """Publishes to JetStream; each answer goes to the callback of its attempt.
+
+    Every attempt gets a new reply token, so a late answer to an attempt given up on (and
+    republished) finds no callback and is dropped; the republish carries the same
     `Nats-Msg-Id`, so the stream answers it `duplicate` if the first one was stored after all.
     """
 
-    def __init__(self, nc: Any) -> None:
-        self.nc = nc
+    def __init__(self, client: Any) -> None:
+        self.client = client
         self.prefix = ""
         self._tokens = itertools.count(1)
-        self._waiting: dict[str, asyncio.Future[PubAck]] = {}
-        self._sub: Any = None
-        self.late = 0  # answers that came after their attempt gave up
+        self._waiting: dict[str, AckCallback] = {}
+        self._sid = 0
+        self.late = 0  # answers that came after their attempt was given up
 
-    async def start(self) -> None:
-        self.prefix = f"{self.nc.new_inbox()}."
-        self._sub = await self.nc.subscribe(f"{self.prefix}*", cb=self._on_reply)
+    def start(self) -> None:
+        self.prefix = f"{self.client.new_inbox()}."
+        self._sid = self.client.subscribe(f"{self.prefix}*", self._on_reply)
 
-    async def close(self) -> None:
-        for future in self._waiting.values():
-            if not future.done():
-                future.cancel()
+    def close(self) -> None:
         self._waiting.clear()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:
-                pass
-            self._sub = None
+        if self._sid:
+            self.client.unsubscribe(self._sid)
+            self._sid = 0
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str],
-                      timeout: float) -> PubAck:
-        """Publish once; the stream's ack, or TimeoutError / PublishError / a connection error."""
-        if self._sub is None:
+    def publish(self, subject: str, payload: bytes, headers: bytes, on_answer: AckCallback) -> str:
+        """Queues one attempt; returns its token (for `forget`). Raises the client's
+        NotConnected (nothing is then waiting)."""
+        if not self._sid:
             raise RuntimeError("AckInbox.start() first")
-        loop = asyncio.get_running_loop()
         token = str(next(self._tokens))
-        future: asyncio.Future[PubAck] = loop.create_future()
-        self._waiting[token] = future
-        timer = loop.call_later(timeout, _time_out, future)
-        try:
-            await self.nc.publish(subject, payload, reply=self.prefix + token, headers=headers)
-            return await future
-        finally:
-            timer.cancel()
-            self._waiting.pop(token, None)
+        self.client.publish(subject, payload, reply=self.prefix + token, headers=headers)
+        self._waiting[token] = on_answer
+        return token
 
-    async def _on_reply(self, msg: Any) -> None:
-        future = self._waiting.pop(msg.subject[len(self.prefix):], None)
-        if future is None or future.done():
+    def forget(self, token: str) -> None:
+        """Gives an attempt up (timed out, or its connection is gone): its answer is dropped."""
+        self._waiting.pop(token, None)
+
+    def forget_all(self) -> None:
+        self._waiting.clear()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _on_reply(self, msg: Any) -> None:
+        callback = self._waiting.pop(msg.subject[len(self.prefix):], None)
+        if callback is None:
             self.late += 1
             return
         try:
-            future.set_result(parse_ack(msg.data, msg.headers))
+            result: PubAck | PublishError = parse_ack(msg.data, msg.headers if msg.hdr else None)
         except PublishError as exc:
-            future.set_exception(exc)
-
-
-def _time_out(future: asyncio.Future[PubAck]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("no pub ack in time"))
+            result = exc
+        callback(result)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
+
+import pytest
 
 from bench import jsbench
 from harness.jetstream import NATS_SERVER, NatsServer
@@ -27,5 +30,25 @@ def test_server_version_of_a_missing_binary_says_so(tmp_path: object) -> None:
 
 def test_nats_server_runs_the_binary_given(tmp_path: object) -> None:
     store = os.path.join(str(tmp_path), "store")
-    assert NatsServer(store).argv()[0] == NATS_SERVER
-    assert NatsServer(store, binary="/opt/nats/nats-server").argv()[0] == "/opt/nats/nats-server"
+    # without transparent huge pages by default (docs/jetstream.md): through harness.nothp
+    assert NatsServer(store).argv()[:4] == [sys.executable, "-m", "harness.nothp", NATS_SERVER]
+    assert NatsServer(store, binary="/opt/nats/nats-server").argv()[3] == "/opt/nats/nats-server"
+    assert NatsServer(store, huge_pages=True).argv()[0] == NATS_SERVER
+
+
+def _thp_enabled(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next((line.split()[1] for line in f if line.startswith("THP_enabled:")), "?")
+
+
+@pytest.mark.parametrize("huge_pages", [False, True])
+def test_the_server_runs_with_huge_pages_as_asked(tmp_path: object, huge_pages: bool) -> None:
+    server = NatsServer(os.path.join(str(tmp_path), "store"), huge_pages=huge_pages).start()
+    try:
+        assert server.proc is not None
+        state = _thp_enabled(server.proc.pid)
+        if state == "?":
+            pytest.fail("this kernel's /proc/PID/status has no THP_enabled line")
+        assert state == ("1" if huge_pages else "0")
+    finally:
+        server.cleanup()

@@ -199,55 +199,57 @@ def test_credit_forgets_requests_the_server_cannot_owe():
         jspull.PullCredit(0, 5.0)
 
 
-# -- the stream sequence from a delivery's ack subject (lb-remote's hot path) --------------------
+# -- the stream sequence from a delivery's ack subject: lb-remote's (balancer.jsfeed) and the
+# Python reader's (workers.jsproto), two implementations, checked against nats-py's ----------------
 
 _V1 = "$JS.ACK.FEED.lb-remote-3.1.{seq}.{cseq}.1733280000000000000.{pending}"
 _V2 = "$JS.ACK.{domain}.ACCHASH.FEED.lb-remote-3.2.{seq}.{cseq}.1733280000000000000.{pending}.tok"
+SEQUENCE_READERS = [jsfeed.stream_sequence, jsproto.stream_sequence]
 
 
+@pytest.mark.parametrize("read", SEQUENCE_READERS)
 @pytest.mark.parametrize("template", [_V1, _V2, _V2.removesuffix(".tok")])
 @pytest.mark.parametrize("seq", [1, 7, 123456789012])
-def test_stream_sequence_reads_what_nats_py_reads(template, seq):
+def test_stream_sequence_reads_what_nats_py_reads(read, template, seq):
     from nats.aio.msg import Msg
 
     reply = template.format(seq=seq, cseq=seq + 5, pending=3, domain="_")
-    assert jsfeed.stream_sequence(reply) == seq
+    assert read(reply) == seq
     assert Msg.Metadata._from_reply(reply).sequence.stream == seq  # the reference agrees
 
 
+@pytest.mark.parametrize("read", SEQUENCE_READERS)
 @pytest.mark.parametrize("reply", [None, "", "_INBOX.x.y", "$JS.ACK.FEED.c.1.2.3.4",  # 8 tokens
                                    "$JS.ACK.D.H.FEED.c.1.2.3.4",  # 10 tokens: neither form
                                    "$JS.NAK.FEED.c.1.2.3.4.5", "$JS.ACK.FEED.c.1.x.3.4.5",
                                    "$JS.ACK.FEED.c.1.-2.3.4.5", "$JS.ACK.FEED.c.1.\u00b2.3.4.5"])
-def test_stream_sequence_refuses_what_is_not_a_delivery(reply):
-    with pytest.raises(jsfeed.BadMessage):
-        jsfeed.stream_sequence(reply)
+def test_stream_sequence_refuses_what_is_not_a_delivery(read, reply):
+    with pytest.raises(ValueError):  # jsfeed.BadMessage is a ValueError
+        read(reply)
 
 
 # -- which JetStream API answers pass (common.natsconn.refusal) -----------------------------------
 
 
 def test_answers_that_can_pass_are_not_refusals():
-    import nats.errors
-    from nats.js.errors import APIError, ServerError, ServiceUnavailableError
-
+    from common.jsapi import APIError
+    from common.natsclient import NoResponders, NotConnected
     from common.natsconn import refusal
 
-    assert refusal(nats.errors.TimeoutError()) is None
-    assert refusal(nats.errors.NoRespondersError()) is None
-    assert refusal(ServiceUnavailableError(code=503, description="no responders")) is None
+    assert refusal(TimeoutError()) is None
+    assert refusal(NoResponders("no responders")) is None
+    assert refusal(NotConnected("reconnecting")) is None
+    assert refusal(APIError(503, 0, "no responders")) is None
     for err_code in (10004, 10005, 10008, 10009, 10023):  # a cluster forming or electing
-        assert refusal(ServerError(code=500, err_code=err_code, description="x")) is None
-        assert refusal(APIError(code=400, err_code=err_code, description="x")) is None
+        assert refusal(APIError(500, err_code, "x")) is None
+        assert refusal(APIError(400, err_code, "x")) is None
 
 
 def test_answers_that_stay_are_refusals():
-    from nats.js.errors import BadRequestError, ServerError
-
+    from common.jsapi import APIError
     from common.natsconn import refusal
 
-    text = refusal(ServerError(code=500, err_code=10074,
-                               description="replicas > 1 not supported in non-clustered mode"))
+    text = refusal(APIError(500, 10074, "replicas > 1 not supported in non-clustered mode"))
     assert text == "replicas > 1 not supported in non-clustered mode (code 500, error 10074)"
-    text = refusal(BadRequestError(code=400, err_code=10058, description="stream name already in use"))
+    text = refusal(APIError(400, 10058, "stream name already in use"))
     assert text is not None and "10058" in text

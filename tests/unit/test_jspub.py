@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from common.natsclient import NotConnected
+from common.natsproto import Msg
 from workers.jspub import AckInbox, PubAck, PublishError, parse_ack
 
 
@@ -45,94 +46,96 @@ def test_anything_else_is_not_taken_for_an_ack(data):
 
 
 @dataclass
-class FakeMsg:
-    subject: str
-    data: bytes = b""
-    headers: dict[str, str] | None = None
+class FakeClient:
+    """The calls AckInbox makes of common.natsclient.Client; publishes are recorded."""
 
-
-@dataclass
-class FakeNats:
-    """The three calls AckInbox makes of a nats-py client; publishes are recorded."""
-
-    published: list[tuple[str, bytes, str, dict[str, str]]] = field(default_factory=list)
+    published: list[tuple[str, bytes, str, bytes]] = field(default_factory=list)
     subscribed: list[str] = field(default_factory=list)
-    callback: Any = None
+    handler: Any = None
     unsubscribed: bool = False
+    connected: bool = True
 
     def new_inbox(self) -> str:
         return "_INBOX.test"
 
-    async def subscribe(self, subject: str, cb: Any) -> Any:
+    def subscribe(self, subject: str, handler: Any) -> int:
         self.subscribed.append(subject)
-        self.callback = cb
-        fake = self
+        self.handler = handler
+        return 3
 
-        class Sub:
-            async def unsubscribe(self) -> None:
-                fake.unsubscribed = True
+    def unsubscribe(self, sid: int) -> None:
+        self.unsubscribed = sid == 3
 
-        return Sub()
-
-    async def publish(self, subject: str, payload: bytes, reply: str, headers: dict[str, str]) -> None:
+    def publish(self, subject: str, payload: bytes, *, reply: str, headers: bytes) -> None:
+        if not self.connected:
+            raise NotConnected("down")
         self.published.append((subject, payload, reply, headers))
 
-    async def answer(self, index: int, data: bytes, headers: dict[str, str] | None = None) -> None:
-        await self.callback(FakeMsg(self.published[index][2], data, headers))
+    def answer(self, index: int, data: bytes, hdr: bytes = b"") -> None:
+        self.handler(Msg(self.published[index][2], 3, "", hdr, data))
 
 
-async def _published(nc: FakeNats, count: int) -> None:
-    while len(nc.published) < count:
-        await asyncio.sleep(0)
-
-
-async def test_each_attempt_has_its_own_reply_token_and_gets_its_own_answer():
-    nc = FakeNats()
+def test_each_attempt_has_its_own_reply_token_and_gets_its_own_answer():
+    nc = FakeClient()
     inbox = AckInbox(nc)
-    await inbox.start()
+    inbox.start()
     assert nc.subscribed == ["_INBOX.test.*"]
-    first = asyncio.ensure_future(inbox.publish("t.0", b"a", {"Nats-Msg-Id": "e.0.0"}, 5))
-    second = asyncio.ensure_future(inbox.publish("t.1", b"b", {"Nats-Msg-Id": "e.1.0"}, 5))
-    await _published(nc, 2)
+    answers: dict[str, Any] = {}
+    inbox.publish("t.0", b"a", b"NATS/1.0\r\nNats-Msg-Id: e.0.0\r\n\r\n", lambda a: answers.update(first=a))
+    inbox.publish("t.1", b"b", b"NATS/1.0\r\nNats-Msg-Id: e.1.0\r\n\r\n", lambda a: answers.update(second=a))
     replies = [p[2] for p in nc.published]
     assert len(set(replies)) == 2 and all(r.startswith("_INBOX.test.") for r in replies)
     assert all("." not in r[len("_INBOX.test."):] for r in replies)  # one token: `*` matches it
-    await nc.answer(1, b'{"stream":"S","seq":2}')  # out of order: each finds its own waiter
-    await nc.answer(0, b'{"stream":"S","seq":1}')
-    assert (await first).seq == 1 and (await second).seq == 2
-    assert inbox._waiting == {}
-    await inbox.close()
+    assert inbox.waiting == 2
+    nc.answer(1, b'{"stream":"S","seq":2}')  # out of order: each finds its own callback
+    nc.answer(0, b'{"stream":"S","seq":1}')
+    assert answers == {"first": PubAck("S", 1, False), "second": PubAck("S", 2, False)}
+    assert inbox.waiting == 0
+    inbox.close()
     assert nc.unsubscribed
 
 
-async def test_a_late_answer_to_an_attempt_that_timed_out_is_dropped():
-    nc = FakeNats()
+def test_an_answer_to_an_attempt_given_up_is_dropped():
+    nc = FakeClient()
     inbox = AckInbox(nc)
-    await inbox.start()
-    with pytest.raises(TimeoutError):
-        await inbox.publish("t.0", b"a", {}, 0.02)
-    assert inbox._waiting == {}
-    await nc.answer(0, b'{"stream":"S","seq":1}')
-    assert inbox.late == 1
-    retry = asyncio.ensure_future(inbox.publish("t.0", b"a", {}, 5))
-    await _published(nc, 2)
+    inbox.start()
+    got: list[Any] = []
+    token = inbox.publish("t.0", b"a", b"", got.append)
+    inbox.forget(token)  # timed out
+    nc.answer(0, b'{"stream":"S","seq":1}')
+    assert got == [] and inbox.late == 1
+    inbox.publish("t.0", b"a", b"", got.append)  # the retry, same id: a new token
     assert nc.published[1][2] != nc.published[0][2]
-    await nc.answer(1, b'{"stream":"S","seq":1,"duplicate":true}')
-    assert await retry == PubAck("S", 1, True)
+    nc.answer(1, b'{"stream":"S","seq":1,"duplicate":true}')
+    assert got == [PubAck("S", 1, True)]
 
 
-async def test_a_refusal_reaches_the_publisher_as_an_error():
-    nc = FakeNats()
+def test_after_a_disconnect_nothing_waits():
+    nc = FakeClient()
     inbox = AckInbox(nc)
-    await inbox.start()
-    attempt = asyncio.ensure_future(inbox.publish("t.0", b"a", {}, 5))
-    await _published(nc, 1)
-    await nc.answer(0, b"", {"Status": "503"})
-    with pytest.raises(PublishError, match="503"):
-        await attempt
-    assert inbox._waiting == {}
+    inbox.start()
+    got: list[Any] = []
+    inbox.publish("t.0", b"a", b"", got.append)
+    inbox.forget_all()
+    nc.answer(0, b'{"stream":"S","seq":1}')
+    assert got == [] and inbox.waiting == 0
+    nc.connected = False
+    with pytest.raises(NotConnected):
+        inbox.publish("t.0", b"a", b"", got.append)
+    assert inbox.waiting == 0
 
 
-async def test_publishing_before_start_is_a_programming_error():
+def test_a_refusal_reaches_the_publisher_as_an_error():
+    nc = FakeClient()
+    inbox = AckInbox(nc)
+    inbox.start()
+    got: list[Any] = []
+    inbox.publish("t.0", b"a", b"", got.append)
+    nc.answer(0, b"", b"NATS/1.0 503\r\n\r\n")
+    assert len(got) == 1 and isinstance(got[0], PublishError) and "503" in str(got[0])
+    assert inbox.waiting == 0
+
+
+def test_publishing_before_start_is_a_programming_error():
     with pytest.raises(RuntimeError):
-        await AckInbox(FakeNats()).publish("t.0", b"", {}, 1)
+        AckInbox(FakeClient()).publish("t.0", b"", b"", lambda a: None)

@@ -18,8 +18,8 @@ from workers.framing import frame_all
 
 
 def js_message(seq: int, data: bytes) -> SimpleNamespace:
-    """What lb-remote reads of a nats-py Msg: data, headers, and the ack subject (the sequence)."""
-    return SimpleNamespace(data=data, headers=None,
+    """What lb-remote reads of a delivery: data, headers, and the ack subject (the sequence)."""
+    return SimpleNamespace(data=data, headers=None, hdr=b"",
                            reply=f"$JS.ACK.FEED.lb-remote-0.1.{seq}.{seq}.1733280000000000000.0")
 
 
@@ -152,8 +152,12 @@ def test_a_partition_loop_that_dies_stops_lb_remote_loudly(tmp_path, monkeypatch
     remote.args.durable = "test"
     remote.args.nats_options = None
 
-    async def fake_connect(*_args):
-        return SimpleNamespace(jetstream=lambda: None)
+    class FakeClient:
+        async def connect(self):
+            return self
+
+    def fake_client(*_args, **_kwargs):
+        return FakeClient()
 
     async def broken_pull(part):
         raise RuntimeError(f"partition {part.number} broke")
@@ -161,7 +165,7 @@ def test_a_partition_loop_that_dies_stops_lb_remote_loudly(tmp_path, monkeypatch
     async def no_shutdown():
         remote.pipes.close()
 
-    monkeypatch.setattr(remote_module.natsconn, "connect", fake_connect)
+    monkeypatch.setattr(remote_module.natsconn, "client", fake_client)
     monkeypatch.setattr(remote, "start_worker", lambda: None)
     monkeypatch.setattr(remote, "pull", broken_pull)
     monkeypatch.setattr(remote, "shutdown", no_shutdown)

@@ -1,0 +1,286 @@
+"""The NATS client protocol, pure: bytes in, events out; commands out as bytes. No I/O.
+
+What a server sends (docs.nats.io, "Client Protocol"): ``INFO {json}``, ``MSG <subject> <sid>
+[reply] <#bytes>``, ``HMSG <subject> <sid> [reply] <#header bytes> <#total bytes>`` (each
+followed by its payload and CRLF), ``PING``, ``PONG``, ``+OK`` and ``-ERR '<text>'``. What a
+client sends: ``CONNECT {json}``, ``PUB``, ``HPUB``, ``SUB``, ``UNSUB``, ``PING``, ``PONG``.
+A header block is ``NATS/1.0[ <status>[ <description>]]\\r\\n(<name>: <value>\\r\\n)*\\r\\n``.
+
+`Parser` is strict where a misbehaving server could hurt us: a control line longer than
+`MAX_CONTROL_LINE`, a payload over the parser's bound, a header block longer than its
+message, an unknown operation or a malformed number is a `ProtocolError` (the connection is
+then dropped and made again), never a buffer that grows without bound.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+CRLF = b"\r\n"
+MAX_CONTROL_LINE = 64 * 1024  # an INFO naming every route of a big cluster still fits
+DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024  # the server's own maximum; INFO usually says 1 MiB
+HEADER_VERSION = b"NATS/1.0"
+
+# what a subject, reply or queue token may not contain: it would end the control line
+_UNSAFE = re.compile(rb"[\s]")
+
+
+class ProtocolError(ValueError):
+    """The server sent something that is not the NATS protocol (or over a bound)."""
+
+
+class Info(dict):  # type: ignore[type-arg]
+    """The server's INFO: its JSON object."""
+
+
+class Ping:
+    __slots__ = ()
+
+
+class Pong:
+    __slots__ = ()
+
+
+class Ok:
+    __slots__ = ()
+
+
+class Err(str):
+    """A ``-ERR``: the server's text, unquoted."""
+
+
+PING, PONG, OK = Ping(), Pong(), Ok()
+
+
+class Msg:
+    """A delivered message. ``hdr`` is the raw header block (b"" without headers)."""
+
+    __slots__ = ("_headers", "data", "hdr", "reply", "sid", "subject")
+
+    def __init__(self, subject: str, sid: int, reply: str, hdr: bytes, data: bytes) -> None:
+        self.subject = subject
+        self.sid = sid
+        self.reply = reply
+        self.hdr = hdr
+        self.data = data
+        self._headers: tuple[str, str, dict[str, str]] | None = None
+
+    def _parsed(self) -> tuple[str, str, dict[str, str]]:
+        if self._headers is None:
+            self._headers = parse_headers(self.hdr) if self.hdr else ("", "", {})
+        return self._headers
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers by name; a status line's code and description as ``Status`` and
+        ``Description`` too (as nats-py presents them)."""
+        return self._parsed()[2]
+
+    @property
+    def status(self) -> str:
+        """The status code of a status message (``503``, ``408``, ``100``...), "" for a message."""
+        return self._parsed()[0]
+
+    def __repr__(self) -> str:
+        return (f"Msg({self.subject!r}, sid={self.sid}, reply={self.reply!r}, "
+                f"{len(self.hdr)}+{len(self.data)} B)")
+
+
+Event = Msg | Info | Ping | Pong | Ok | Err
+
+
+def parse_headers(block: bytes) -> tuple[str, str, dict[str, str]]:
+    """(status, description, headers) of a header block. The first value of a repeated name
+    is kept. Raises ProtocolError on a block that does not start with NATS/1.0."""
+    if not block.startswith(HEADER_VERSION):
+        raise ProtocolError(f"header block without {HEADER_VERSION.decode()}: {bytes(block[:40])!r}")
+    lines = block.split(CRLF)
+    rest = lines[0][len(HEADER_VERSION):].strip()
+    status = description = ""
+    headers: dict[str, str] = {}
+    if rest:
+        code, _, text = rest.partition(b" ")
+        status = code.decode("ascii", "replace")
+        description = text.strip().decode("utf-8", "replace")
+        headers["Status"] = status
+        if description:
+            headers["Description"] = description
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise ProtocolError(f"header line without a colon: {bytes(line[:80])!r}")
+        key = name.strip().decode("utf-8", "replace")
+        if key and key not in headers:
+            headers[key] = value.strip().decode("utf-8", "replace")
+    return status, description, headers
+
+
+def encode_headers(headers: dict[str, str]) -> bytes:
+    """A header block for HPUB. Names and values may not hold CR, LF or (names) a colon."""
+    out = [HEADER_VERSION]
+    for name, value in headers.items():
+        key, val = name.encode(), str(value).encode()
+        if not key or b":" in key or _UNSAFE.search(key) or b"\r" in val or b"\n" in val:
+            raise ValueError(f"bad header {name!r}: {value!r}")
+        out.append(key + b": " + val)
+    return CRLF.join(out) + CRLF + CRLF
+
+
+def check_subject(subject: str | bytes) -> bytes:
+    """A subject (or reply, or queue group) as bytes; refuses what would break the line."""
+    raw = subject.encode() if isinstance(subject, str) else bytes(subject)
+    if not raw or _UNSAFE.search(raw):
+        raise ValueError(f"bad NATS subject {subject!r}")
+    return raw
+
+
+def connect_command(options: dict[str, Any]) -> bytes:
+    return b"CONNECT " + orjson.dumps(options) + CRLF
+
+
+def pub_header(subject: bytes, reply: bytes, size: int) -> bytes:
+    if reply:
+        return b"PUB %s %s %d\r\n" % (subject, reply, size)
+    return b"PUB %s %d\r\n" % (subject, size)
+
+
+def hpub_header(subject: bytes, reply: bytes, hdr_size: int, size: int) -> bytes:
+    if reply:
+        return b"HPUB %s %s %d %d\r\n" % (subject, reply, hdr_size, hdr_size + size)
+    return b"HPUB %s %d %d\r\n" % (subject, hdr_size, hdr_size + size)
+
+
+def sub_command(subject: bytes, sid: int, queue: bytes = b"") -> bytes:
+    if queue:
+        return b"SUB %s %s %d\r\n" % (subject, queue, sid)
+    return b"SUB %s %d\r\n" % (subject, sid)
+
+
+def unsub_command(sid: int) -> bytes:
+    return b"UNSUB %d\r\n" % sid
+
+
+PING_COMMAND = b"PING\r\n"
+PONG_COMMAND = b"PONG\r\n"
+
+
+def _number(token: bytes) -> int:
+    if not token.isdigit() or len(token) > 19:
+        raise ProtocolError(f"not a size: {bytes(token[:40])!r}")
+    return int(token)
+
+
+class Parser:
+    """Server bytes in, events out. ``max_payload`` bounds one message (header + data).
+
+    A protocol error raises `ProtocolError`; when events came before it in the same bytes,
+    they are returned and the error is kept in ``error`` (and raised by the next feed): a
+    PONG followed by garbage is still a PONG."""
+
+    __slots__ = ("_buf", "error", "max_payload")
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self._buf = bytearray()
+        self.max_payload = max_payload
+        self.error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """The events completed by ``data`` (in order); the rest is kept for the next feed."""
+        if self.error is not None:
+            raise self.error
+        events: list[Event] = []
+        try:
+            self._parse(data, events)
+        except ProtocolError as exc:
+            self._buf.clear()
+            self.error = exc
+            if not events:
+                raise
+        return events
+
+    def _parse(self, data: bytes | bytearray | memoryview, events: list[Event]) -> None:
+        buf = self._buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        try:
+            while pos < end:
+                eol = buf.find(CRLF, pos, pos + MAX_CONTROL_LINE + 2)
+                if eol < 0:
+                    if end - pos > MAX_CONTROL_LINE:
+                        raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
+                    break
+                first = buf[pos] | 0x20  # operation names are case-insensitive
+                if first == 0x6D or first == 0x68:  # MSG, HMSG: the hot path
+                    args = buf[pos:eol].split()
+                    op = args[0].upper()
+                    if op == b"MSG":
+                        if len(args) == 4:
+                            hdr_size, total = 0, _number(args[3])
+                            reply = b""
+                        elif len(args) == 5:
+                            hdr_size, total = 0, _number(args[4])
+                            reply = args[3]
+                        else:
+                            raise ProtocolError(f"bad MSG line {bytes(buf[pos:eol][:200])!r}")
+                    elif op == b"HMSG":
+                        if len(args) == 5:
+                            hdr_size, total = _number(args[3]), _number(args[4])
+                            reply = b""
+                        elif len(args) == 6:
+                            hdr_size, total = _number(args[4]), _number(args[5])
+                            reply = args[3]
+                        else:
+                            raise ProtocolError(f"bad HMSG line {bytes(buf[pos:eol][:200])!r}")
+                        if hdr_size > total:
+                            raise ProtocolError(f"header of {hdr_size} bytes in a {total}-byte message")
+                    else:
+                        raise ProtocolError(f"unknown operation {bytes(op[:20])!r}")
+                    if total > self.max_payload:
+                        raise ProtocolError(f"a {total}-byte message is over the "
+                                            f"{self.max_payload}-byte bound")
+                    start = eol + 2
+                    stop = start + total
+                    if stop + 2 > end:
+                        break  # the payload is not all here yet
+                    if buf[stop:stop + 2] != CRLF:
+                        raise ProtocolError("message payload not followed by CRLF")
+                    events.append(Msg(args[1].decode("utf-8", "surrogateescape"), _number(args[2]),
+                                      reply.decode("utf-8", "surrogateescape"),
+                                      bytes(buf[start:start + hdr_size]), bytes(buf[start + hdr_size:stop])))
+                    pos = stop + 2
+                    continue
+                line = bytes(buf[pos:eol])
+                pos = eol + 2
+                op, _, rest = line.partition(b" ")
+                op = op.upper()
+                if op == b"PING":
+                    events.append(PING)
+                elif op == b"PONG":
+                    events.append(PONG)
+                elif op == b"+OK":
+                    events.append(OK)
+                elif op == b"-ERR":
+                    events.append(Err(rest.strip().strip(b"'").decode("utf-8", "replace")))
+                elif op == b"INFO":
+                    try:
+                        info = orjson.loads(rest)
+                    except orjson.JSONDecodeError as exc:
+                        raise ProtocolError(f"unreadable INFO: {rest[:80]!r}") from exc
+                    if not isinstance(info, dict):
+                        raise ProtocolError("INFO is not a JSON object")
+                    events.append(Info(info))
+                else:
+                    raise ProtocolError(f"unknown operation {line[:40]!r}")
+        finally:
+            if pos:
+                del buf[:pos]
