@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -128,7 +129,10 @@ def latency(rate: str, tls: bool, seconds: float = 12.0, skip: float = 2.0,
     finally:
         lb.__exit__()
         sim.kill()
-    samples = wait_for(lambda: _read(samples_path), 30, "latency samples")
+    try:
+        samples = wait_for(lambda: _read(samples_path), 30, "latency samples")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     frames = len(samples)
     samples = sorted(samples[int(frames * skip / seconds) : int(frames * (seconds - tail) / seconds)])
     pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] / 1e6  # noqa: E731

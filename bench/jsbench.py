@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def throughput(trades: int, npipes: int = NPIPES, nats_server: str = NATS_SERVER
         blaster.kill()
         blaster.wait()
         nats.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def latency(rate: str, seconds: float = 12.0, skip: float = 2.0, tail: float = 1.0,
@@ -132,7 +134,10 @@ def latency(rate: str, seconds: float = 12.0, skip: float = 2.0, tail: float = 1
         lb.__exit__()
         sim.kill()
         nats.cleanup()
-    samples = wait_for(lambda: _read(samples_path), 30, "latency samples")
+    try:
+        samples = wait_for(lambda: _read(samples_path), 30, "latency samples")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     frames = len(samples)
     samples = sorted(samples[int(frames * skip / seconds) : int(frames * (seconds - tail) / seconds)])
     pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] / 1e6  # noqa: E731

@@ -12,6 +12,7 @@ run's figure to get the cost net of start-up."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,6 +158,7 @@ def run_once(balancer: str, tls: str, batch: int, npipes: int, trades: int,
                 lb.kill()
         blaster.kill()
         blaster.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
