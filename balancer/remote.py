@@ -520,8 +520,20 @@ class Remote:
         except WorkerStartError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
+        failed: list[BaseException] = []
+
+        def broken(error: BaseException) -> None:
+            # delivering a message failed: a bug, or a message no bridge writes; lb-remote must
+            # not go on without it (nor take it again and again from a redelivery)
+            if self.stopping:
+                return
+            log.error("internal error, stopping: %r", error, exc_info=error)
+            failed.append(error)
+            self.stopping = True
+            stop.set()
+
         self.nc = natsconn.client(self.args.nats_options, f"lb-remote {self.args.durable}",
-                                  on_reconnect=self.rewind_all)
+                                  on_reconnect=self.rewind_all, on_handler_error=broken)
         connecting = asyncio.ensure_future(self.nc.connect())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([connecting, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -535,7 +547,6 @@ class Remote:
         self.js = jsapi.JetStream(self.nc)
         tasks = [asyncio.ensure_future(self.pull(p)) for p in self.parts]
         tasks.append(asyncio.ensure_future(self.ticker()))
-        failed: list[BaseException] = []
 
         def ended(task: asyncio.Future[None]) -> None:
             # a partition's loop or the ticker never ends by itself: one that does is a bug,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import itertools
 import logging
 import os
@@ -195,6 +196,7 @@ class Client:
                  creds: str | None = None, nkey: str | None = None,
                  on_disconnect: Callable[[], None] | None = None,
                  on_reconnect: Callable[[], None] | None = None,
+                 on_handler_error: Callable[[BaseException], None] | None = None,
                  ping_interval: float = 5.0, max_pings_out: int = 2, connect_timeout: float = 2.0,
                  reconnect_wait: float = 0.25, log: logging.Logger = _log) -> None:
         if not servers:
@@ -207,6 +209,7 @@ class Client:
         self.nkey = nkey
         self.on_disconnect = on_disconnect
         self.on_reconnect = on_reconnect
+        self.on_handler_error = on_handler_error
         self.ping_interval = ping_interval
         self.max_pings_out = max_pings_out
         self.connect_timeout = connect_timeout
@@ -224,8 +227,10 @@ class Client:
         self._closed = False
         self._connected = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._pings_out = 0
-        self._pong_waiters: list[asyncio.Future[None]] = []
+        self._pings_out = 0  # keepalive PINGs not answered yet
+        # what each PING in flight is for, in order (PONGs come in the same order): a flush()
+        # waiting, or None for a keepalive
+        self._pings: collections.deque[asyncio.Future[None] | None] = collections.deque()
         self._resp_prefix = ""
         self._resp_sid = 0
         self._resp_tokens = itertools.count(1)
@@ -317,7 +322,7 @@ class Client:
         if not self.is_connected:
             raise NotConnected("not connected to NATS")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pong_waiters.append(future)
+        self._pings.append(future)
         self._write(natsproto.PING_COMMAND)
         await asyncio.wait_for(future, timeout)
 
@@ -351,15 +356,22 @@ class Client:
 
     def _deliver(self, msg: Msg) -> None:
         sub = self._subs.get(msg.sid)
-        if sub is not None:
+        if sub is None:
+            return
+        try:
             sub[1](msg)
+        except Exception as exc:  # a handler's bug must not cost the connection (or loop on it)
+            if self.on_handler_error is not None:
+                self.on_handler_error(exc)
+            else:
+                self.log.error("a NATS message handler failed on %s: %r", msg.subject[:80], exc, exc_info=exc)
 
     def _pong(self) -> None:
-        self._pings_out = 0
-        if self._pong_waiters:
-            future = self._pong_waiters.pop(0)
-            if not future.done():
-                future.set_result(None)
+        waiter = self._pings.popleft() if self._pings else None
+        if waiter is None:
+            self._pings_out = 0
+        elif not waiter.done():
+            waiter.set_result(None)
 
     def _info(self, info: Info) -> None:
         """An INFO after the handshake: the cluster's other servers to reconnect to."""
@@ -493,10 +505,10 @@ class Client:
             self.log.warning("%s (%s)%s", what, detail, f" ({failures} in a row)" if failures > 1 else "")
 
     def _fail_waiters(self) -> None:
-        for future in [*self._pong_waiters, *self._requests.values()]:
-            if not future.done():
+        for future in [*self._pings, *self._requests.values()]:
+            if future is not None and not future.done():
                 future.set_exception(NotConnected("disconnected from NATS"))
-        self._pong_waiters.clear()
+        self._pings.clear()
         self._requests.clear()
 
     async def _ping(self, conn: _Connection) -> None:
@@ -507,7 +519,8 @@ class Client:
                 conn.abort()
                 return
             self._pings_out += 1
-            conn.write(natsproto.PING_COMMAND)
+            self._pings.append(None)
+            self._write(natsproto.PING_COMMAND)
 
     async def close(self) -> None:
         """Sends what is queued and closes; no reconnect after this."""

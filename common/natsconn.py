@@ -71,12 +71,14 @@ def options_from(args: argparse.Namespace) -> NatsOptions:
 
 
 def client(options: NatsOptions, name: str, *, on_disconnect: Callable[[], None] | None = None,
-           on_reconnect: Callable[[], None] | None = None) -> Client:
+           on_reconnect: Callable[[], None] | None = None,
+           on_handler_error: Callable[[BaseException], None] | None = None) -> Client:
     """A client named ``name`` (the server's connz shows it) that waits out any outage; call
     ``await client.connect()``. Our own close is no outage and is not logged as one."""
     context = ssl.create_default_context(cafile=options.cafile) if options.tls else None
     return Client(options.servers, name=name, tls=context, creds=options.creds, nkey=options.nkey,
-                  on_disconnect=on_disconnect, on_reconnect=on_reconnect, log=log)
+                  on_disconnect=on_disconnect, on_reconnect=on_reconnect,
+                  on_handler_error=on_handler_error, log=log)
 
 
 async def connect(options: NatsOptions, name: str, on_reconnect: Callable[[], None] | None = None) -> Client:

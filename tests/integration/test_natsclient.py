@@ -266,3 +266,55 @@ def test_a_server_that_closes_after_info_is_retried_with_a_pause(caplog):
     assert 2 <= connections <= elapsed / 0.25 + 2  # paced, not a busy loop
     tries = [line for line in log_lines(caplog) if "cannot connect" in line]
     assert 1 <= len(tries) <= 2  # the first failure and every 20th
+
+
+def test_a_failing_handler_costs_neither_the_connection_nor_later_messages(server, caplog):
+    async def scenario() -> list[BaseException]:
+        errors: list[BaseException] = []
+        client = await Client([server.url], on_handler_error=errors.append).connect()
+        got = []
+
+        def handler(msg):
+            if msg.data == b"bad":
+                raise ValueError("cannot take this one")
+            got.append(msg.data)
+
+        client.subscribe("h", handler)
+        await client.flush()
+        for data in (b"one", b"bad", b"two"):
+            client.publish("h", data)
+        await until(lambda: got == [b"one", b"two"], 5, "the messages after the bad one")
+        assert client.reconnects == 0 and client.is_connected
+        await client.close()
+        return errors
+
+    errors = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert [str(e) for e in errors] == ["cannot take this one"]
+
+
+def test_flush_waits_for_its_own_pong_not_a_keepalives():
+    pings: list[float] = []
+
+    async def slow_pongs(reader, writer) -> None:
+        await handshake(reader, writer)
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            if line == b"PING\r\n":
+                pings.append(time.monotonic())
+                await asyncio.sleep(0.2)  # answers every PING late, in order
+                writer.write(b"PONG\r\n")
+                await writer.drain()
+
+    async def scenario() -> None:
+        async with FakeServer(slow_pongs) as fake:
+            client = await Client([fake.url], ping_interval=0.05, max_pings_out=100).connect()
+            await until(lambda: pings, 5, "a keepalive PING")
+            started = time.monotonic()
+            await client.flush(timeout=5)
+            # the keepalive's PONG came first; flush returned only on the second one
+            assert len(pings) >= 2 and time.monotonic() - started >= 0.3
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))

@@ -171,3 +171,37 @@ def test_a_partition_loop_that_dies_stops_lb_remote_loudly(tmp_path, monkeypatch
     monkeypatch.setattr(remote, "shutdown", no_shutdown)
     assert asyncio.run(asyncio.wait_for(remote.run(), 10)) == 1
     assert "internal error, stopping" in caplog.text and "broke" in caplog.text
+
+
+def test_a_delivery_that_fails_stops_lb_remote_loudly(tmp_path, monkeypatch, caplog):
+    """A message whose delivery raises (a bug, or a message no bridge writes) must not be
+    dropped quietly nor taken again and again: lb-remote stops with exit 1 and the error."""
+    import balancer.remote as remote_module
+
+    remote = make_remote(tmp_path)
+    remote.args.since = remote.args.from_seq = None
+    remote.args.durable = "test"
+    remote.args.nats_options = None
+    hooks = {}
+
+    class FakeClient:
+        async def connect(self):
+            hooks["on_handler_error"](ValueError("a delivery that cannot be written"))
+            return self
+
+    def fake_client(*_args, **kwargs):
+        hooks.update(kwargs)
+        return FakeClient()
+
+    async def idle_pull(part):
+        await asyncio.sleep(60)
+
+    async def no_shutdown():
+        remote.pipes.close()
+
+    monkeypatch.setattr(remote_module.natsconn, "client", fake_client)
+    monkeypatch.setattr(remote, "start_worker", lambda: None)
+    monkeypatch.setattr(remote, "pull", idle_pull)
+    monkeypatch.setattr(remote, "shutdown", no_shutdown)
+    assert asyncio.run(asyncio.wait_for(remote.run(), 10)) == 1
+    assert "internal error, stopping" in caplog.text and "cannot be written" in caplog.text
