@@ -432,6 +432,7 @@ class Client:
 
     async def _run(self, first: asyncio.Future[None]) -> None:
         failures = 0  # in a row: attempts that failed, and connections lost within HEALTHY
+        quick = 0  # in a row: connections a server dropped within HEALTHY
         start = random.randrange(len(self.servers))
         while not self._closed:
             conn = None
@@ -469,7 +470,7 @@ class Client:
                 first.set_result(None)
             else:
                 self.reconnects += 1
-                if failures < 2:
+                if quick <= 1 or quick % 20 == 0:  # not for each turn of a server that drops us
                     self.log.warning("reconnected to NATS (%s)", self.connected_url)
                 if self.on_reconnect is not None:
                     self.on_reconnect()
@@ -483,12 +484,14 @@ class Client:
                 self._fail_waiters()
             if self._closed:
                 return
+            what = f"disconnected from NATS ({self.connected_url}); reconnecting, nothing is dropped"
             if time.monotonic() - connected_at < HEALTHY:
                 failures += 1  # a server that drops us at once: paced and logged as a failure
+                quick += 1
+                self._log_failure(failures, what, reason)
             else:
-                failures = 1
-            self._log_failure(failures, f"disconnected from NATS ({self.connected_url}); reconnecting, "
-                                        "nothing is dropped", reason)
+                failures = quick = 0
+                self._log_failure(1, what, reason)
             if self.on_disconnect is not None:
                 self.on_disconnect()
             await asyncio.sleep(self._pause(failures))
