@@ -77,15 +77,16 @@ class Server:
 def read_creds(path: str) -> tuple[str, bytes]:
     """(user JWT, nkey seed) from a NATS ``.creds`` file (the two armoured blocks)."""
     with open(path, "rb") as f:
-        text = f.read()
-    blocks: list[bytes] = []
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(b"-----BEGIN") and i + 1 < len(lines):
-            blocks.append(lines[i + 1].strip())
-    if len(blocks) < 2 or not blocks[0] or not blocks[1]:
+        lines = f.read().splitlines()
+    jwt = seed = b""
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith(b"-----BEGIN") and b"JWT" in line:
+            jwt = lines[i + 1].strip()
+        elif line.startswith(b"-----BEGIN") and b"SEED" in line:
+            seed = lines[i + 1].strip()
+    if not jwt or not seed:
         raise ValueError(f"{path}: not a NATS credentials file (a user JWT and an nkey seed)")
-    return blocks[0].decode(), blocks[1]
+    return jwt.decode("ascii", "replace"), seed
 
 
 def read_seed(path: str) -> bytes:
