@@ -326,3 +326,77 @@ def test_flush_waits_for_its_own_pong_not_a_keepalives():
             await client.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+# -- --creds: a server in operator mode, with JWTs minted here (NATS JWT v2: a header, the
+# claims, an ed25519 signature by the issuer's nkey; the operator signs the accounts, the
+# account signs the user) ---------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _jwt(issuer, subject: str, name: str, nats_claims: dict) -> str:
+    import hashlib
+    import json
+
+    claims = {"iat": int(time.time()), "iss": issuer.public_key.decode(), "name": name, "sub": subject,
+              "nats": nats_claims}
+    claims["jti"] = _b64(hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest())
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    signing = f"{header}.{_b64(json.dumps(claims).encode())}"
+    return f"{signing}.{_b64(issuer.sign(signing.encode()))}"
+
+
+def _keys(prefix: int):
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    return seed, nkeys.from_seed(bytearray(seed))
+
+
+def test_creds_against_a_server_in_operator_mode(tmp_path):
+    import nkeys
+
+    _, operator = _keys(nkeys.PREFIX_BYTE_OPERATOR)
+    _, account = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, system = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, stranger = _keys(nkeys.PREFIX_BYTE_ACCOUNT)  # not known to the server
+    op_pub = operator.public_key.decode()
+    plain = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True,
+             "conn": -1, "leaf": -1}
+    with_js = {**plain, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    accounts = {acc.public_key.decode(): _jwt(operator, acc.public_key.decode(), name,
+                                              {"type": "account", "version": 2, "limits": limits})
+                for acc, name, limits in ((account, "FEED", with_js), (system, "SYS", plain))}
+    config = tmp_path / "nats.conf"
+    preload = ", ".join(f'{pub}: "{token}"' for pub, token in accounts.items())
+    config.write_text(f'operator: "{_jwt(operator, op_pub, "op", {"type": "operator", "version": 2})}"\n'
+                      f"system_account: {system.public_key.decode()}\n"
+                      f"resolver: MEMORY\nresolver_preload: {{ {preload} }}\n")
+
+    def creds(name: str, signer) -> str:
+        seed, user = _keys(nkeys.PREFIX_BYTE_USER)
+        claims = {"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}
+        token = _jwt(signer, user.public_key.decode(), name, claims)
+        path = tmp_path / f"{name}.creds"
+        path.write_text(f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n"
+                        f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n")
+        return str(path)
+
+    node = NatsServer(str(tmp_path / "store"), config=str(config)).start()
+    try:
+        async def scenario() -> None:
+            client = await Client([node.url], creds=creds("feed", account)).connect()
+            info = await JetStream(client).add_stream({"name": "J", "subjects": ["j.*"], "storage": "file"})
+            assert info["config"]["name"] == "J"
+            await client.close()
+            with pytest.raises(AuthError):  # signed by an account the operator never signed
+                await Client([node.url], creds=creds("intruder", stranger)).connect()
+
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        node.cleanup()
