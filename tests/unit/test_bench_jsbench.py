@@ -52,3 +52,17 @@ def test_the_server_runs_with_huge_pages_as_asked(tmp_path: object, huge_pages: 
         assert state == ("1" if huge_pages else "0")
     finally:
         server.cleanup()
+
+
+def test_nothp_runs_the_command_without_huge_pages() -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "harness.nothp", "cat", "/proc/self/status"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert "THP_enabled:\t0" in out.stdout  # the prctl survives the exec
+    missing = subprocess.run([sys.executable, "-m", "harness.nothp", "/nonexistent/nats-server"],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 127 and "nonexistent" in missing.stderr
+    bare = subprocess.run([sys.executable, "-m", "harness.nothp"], capture_output=True, text=True, timeout=30)
+    assert bare.returncode == 2
