@@ -75,6 +75,14 @@ class FakeClient:
         self.handler(Msg(self.published[index][2], 3, "", hdr, data))
 
 
+def started() -> tuple[FakeClient, AckInbox, list[Any]]:
+    """A client, an inbox started on it, and a list to collect answers in."""
+    nc = FakeClient()
+    inbox = AckInbox(nc)
+    inbox.start()
+    return nc, inbox, []
+
+
 def test_each_attempt_has_its_own_reply_token_and_gets_its_own_answer():
     nc = FakeClient()
     inbox = AckInbox(nc)
@@ -96,10 +104,7 @@ def test_each_attempt_has_its_own_reply_token_and_gets_its_own_answer():
 
 
 def test_an_answer_to_an_attempt_given_up_is_dropped():
-    nc = FakeClient()
-    inbox = AckInbox(nc)
-    inbox.start()
-    got: list[Any] = []
+    nc, inbox, got = started()
     token = inbox.publish("t.0", b"a", b"", got.append)
     inbox.forget(token)  # timed out
     nc.answer(0, b'{"stream":"S","seq":1}')
@@ -111,10 +116,7 @@ def test_an_answer_to_an_attempt_given_up_is_dropped():
 
 
 def test_after_a_disconnect_nothing_waits():
-    nc = FakeClient()
-    inbox = AckInbox(nc)
-    inbox.start()
-    got: list[Any] = []
+    nc, inbox, got = started()
     inbox.publish("t.0", b"a", b"", got.append)
     inbox.forget_all()
     nc.answer(0, b'{"stream":"S","seq":1}')
@@ -126,10 +128,7 @@ def test_after_a_disconnect_nothing_waits():
 
 
 def test_a_refusal_reaches_the_publisher_as_an_error():
-    nc = FakeClient()
-    inbox = AckInbox(nc)
-    inbox.start()
-    got: list[Any] = []
+    nc, inbox, got = started()
     inbox.publish("t.0", b"a", b"", got.append)
     nc.answer(0, b"", b"NATS/1.0 503\r\n\r\n")
     assert len(got) == 1 and isinstance(got[0], PublishError) and "503" in str(got[0])

@@ -142,40 +142,9 @@ def test_a_restart_resumes_at_the_start_of_a_partly_read_message(tmp_path):
     asyncio.run(scenario())
 
 
-def test_a_partition_loop_that_dies_stops_lb_remote_loudly(tmp_path, monkeypatch, caplog):
-    """A pull loop never ends by itself; if one raises, lb-remote must not go on silently
-    without that partition (it did: the task's exception was only seen at shutdown)."""
-    import balancer.remote as remote_module
-
-    remote = make_remote(tmp_path)
-    remote.args.since = remote.args.from_seq = None
-    remote.args.durable = "test"
-    remote.args.nats_options = None
-
-    class FakeClient:
-        async def connect(self):
-            return self
-
-    def fake_client(*_args, **_kwargs):
-        return FakeClient()
-
-    async def broken_pull(part):
-        raise RuntimeError(f"partition {part.number} broke")
-
-    async def no_shutdown():
-        remote.pipes.close()
-
-    monkeypatch.setattr(remote_module.natsconn, "client", fake_client)
-    monkeypatch.setattr(remote, "start_worker", lambda: None)
-    monkeypatch.setattr(remote, "pull", broken_pull)
-    monkeypatch.setattr(remote, "shutdown", no_shutdown)
-    assert asyncio.run(asyncio.wait_for(remote.run(), 10)) == 1
-    assert "internal error, stopping" in caplog.text and "broke" in caplog.text
-
-
-def test_a_delivery_that_fails_stops_lb_remote_loudly(tmp_path, monkeypatch, caplog):
-    """A message whose delivery raises (a bug, or a message no bridge writes) must not be
-    dropped quietly nor taken again and again: lb-remote stops with exit 1 and the error."""
+def run_remote(tmp_path, monkeypatch, pull, connected=lambda hooks: None) -> int:
+    """Remote.run() with no NATS, no worker and no shutdown: `pull` stands for each partition's
+    loop, `connected(hooks)` runs when the fake client connects, with the hooks lb-remote gave it."""
     import balancer.remote as remote_module
 
     remote = make_remote(tmp_path)
@@ -186,22 +155,43 @@ def test_a_delivery_that_fails_stops_lb_remote_loudly(tmp_path, monkeypatch, cap
 
     class FakeClient:
         async def connect(self):
-            hooks["on_handler_error"](ValueError("a delivery that cannot be written"))
+            connected(hooks)
             return self
 
     def fake_client(*_args, **kwargs):
         hooks.update(kwargs)
         return FakeClient()
 
-    async def idle_pull(part):
-        await asyncio.sleep(60)
-
     async def no_shutdown():
         remote.pipes.close()
 
     monkeypatch.setattr(remote_module.natsconn, "client", fake_client)
     monkeypatch.setattr(remote, "start_worker", lambda: None)
-    monkeypatch.setattr(remote, "pull", idle_pull)
+    monkeypatch.setattr(remote, "pull", pull)
     monkeypatch.setattr(remote, "shutdown", no_shutdown)
-    assert asyncio.run(asyncio.wait_for(remote.run(), 10)) == 1
+    return asyncio.run(asyncio.wait_for(remote.run(), 10))
+
+
+def test_a_partition_loop_that_dies_stops_lb_remote_loudly(tmp_path, monkeypatch, caplog):
+    """A pull loop never ends by itself; if one raises, lb-remote must not go on silently
+    without that partition (it did: the task's exception was only seen at shutdown)."""
+
+    async def broken_pull(part):
+        raise RuntimeError(f"partition {part.number} broke")
+
+    assert run_remote(tmp_path, monkeypatch, broken_pull) == 1
+    assert "internal error, stopping" in caplog.text and "broke" in caplog.text
+
+
+def test_a_delivery_that_fails_stops_lb_remote_loudly(tmp_path, monkeypatch, caplog):
+    """A message whose delivery raises (a bug, or a message no bridge writes) must not be
+    dropped quietly nor taken again and again: lb-remote stops with exit 1 and the error."""
+
+    async def idle_pull(part):
+        await asyncio.sleep(60)
+
+    def fail_a_delivery(hooks):
+        hooks["on_handler_error"](ValueError("a delivery that cannot be written"))
+
+    assert run_remote(tmp_path, monkeypatch, idle_pull, fail_a_delivery) == 1
     assert "internal error, stopping" in caplog.text and "cannot be written" in caplog.text
