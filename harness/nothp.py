@@ -6,7 +6,7 @@
 exit status). Debian's nats-server 2.9.10 is built with Go 1.19, whose heap asks the kernel for
 huge pages (MADV_HUGEPAGE); on the machines this project is measured on that gave JetStream
 20-40 ms stalls several times a second, and with THP off for the server its p99 from publish
-to consumer fell from 21-25 ms to 7.7-9.1 ms (docs/jetstream.md, "nats-server and huge pages").
+to consumer fell from 23-25 ms to 7.7-9.1 ms (docs/jetstream.md, "nats-server and huge pages").
 The other way is system-wide: `echo never > /sys/kernel/mm/transparent_hugepage/enabled`.
 """
 
