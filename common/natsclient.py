@@ -40,6 +40,7 @@ _log = logging.getLogger("nats")
 
 MsgHandler = Callable[[Msg], None]
 HEALTHY = 1.0  # a connection that lasts this long was not a failure
+ERROR_LOG_EVERY = 10.0  # a server's -ERR lines are logged at most this often
 
 
 class NotConnected(ConnectionError):
@@ -161,7 +162,7 @@ class _Connection(asyncio.Protocol):
                     error = AuthError(str(event)) if refused else ConnectionError(str(event))
                     self.pong.set_exception(error)
                 else:
-                    _log.warning("NATS: server error: %s", str(event)[:200])
+                    client._server_error(str(event))
             elif isinstance(event, Ok):
                 pass
         if self.parser.error is not None:
@@ -237,6 +238,8 @@ class Client:
         self._resp_tokens = itertools.count(1)
         self._requests: dict[str, asyncio.Future[Msg]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._errors_logged_at = -ERROR_LOG_EVERY
+        self._errors_unlogged = 0
 
     # -- state ------------------------------------------------------------------------------
 
@@ -373,6 +376,19 @@ class Client:
             self._pings_out = 0
         elif not waiter.done():
             waiter.set_result(None)
+
+    def _server_error(self, text: str) -> None:
+        """A -ERR after the handshake (a permissions violation, say: the server keeps the
+        connection): the first logged, then at most a line every ERROR_LOG_EVERY seconds with
+        how many came meanwhile; a server repeating it cannot flood the log."""
+        now = time.monotonic()
+        if now - self._errors_logged_at < ERROR_LOG_EVERY:
+            self._errors_unlogged += 1
+            return
+        more = f" ({self._errors_unlogged} more since the last one logged)" if self._errors_unlogged else ""
+        self.log.warning("NATS: server error: %s%s", text[:200], more)
+        self._errors_logged_at = now
+        self._errors_unlogged = 0
 
     def _info(self, info: Info) -> None:
         """An INFO after the handshake: the cluster's other servers to reconnect to."""

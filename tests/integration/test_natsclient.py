@@ -400,3 +400,30 @@ def test_creds_against_a_server_in_operator_mode(tmp_path):
         asyncio.run(asyncio.wait_for(scenario(), 30))
     finally:
         node.cleanup()
+
+
+def test_a_server_repeating_an_error_cannot_flood_the_log(caplog):
+    async def scolding(reader, writer) -> None:
+        await handshake(reader, writer)
+        writer.write(b"-ERR 'Permissions Violation for Publish to \"t\"'\r\n" * 5000)
+        await writer.drain()
+        while True:  # then an ordinary server: a PONG for every PING
+            line = await reader.readline()
+            if not line:
+                return
+            if line == b"PING\r\n":
+                writer.write(b"PONG\r\n")
+                await writer.drain()
+
+    async def scenario() -> None:
+        async with FakeServer(scolding) as fake:
+            client = await Client([fake.url]).connect()
+            await asyncio.sleep(0.3)
+            await client.flush(timeout=5)  # still connected, still answering
+            assert client.reconnects == 0 and client.is_connected
+            await client.close()
+
+    with caplog.at_level(logging.WARNING, logger="nats"):
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    errors = [line for line in log_lines(caplog) if "server error" in line]
+    assert len(errors) == 1 and "Permissions Violation" in errors[0], errors
