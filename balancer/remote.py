@@ -385,8 +385,7 @@ class Remote:
                 # nothing written that the worker has not read, nothing to note or ack: no
                 # system call (most partitions, most ticks, on a quiet feed)
                 if part.pull is not None:
-                    part.pull.poke(True)  # all read: room
-                    part.pull.tick(now)
+                    part.pull.tick(now, True)  # all read: room
                 continue
             consumed = pipes.consumed(part.pipe)
             done = []
@@ -422,8 +421,7 @@ class Remote:
             if part.pull is not None:
                 # the worker may have made room: top the pull requests up; a silent server is
                 # asked again
-                part.pull.poke(self._room(part, consumed))
-                part.pull.tick(now)
+                part.pull.tick(now, self._room(part, consumed))
 
     async def ticker(self) -> None:
         last_stats = 0.0

@@ -142,8 +142,9 @@ class OutstandingPull:
             return
         credit.requested(want, time.monotonic())
 
-    def tick(self, now: float | None = None) -> None:
-        """A server silent past a request's life forgot it (a restart, a leader change): ask again."""
+    def tick(self, now: float | None = None, room: bool | None = None) -> None:
+        """`poke()`, after forgetting the requests of a server silent past a request's life (a
+        restart, a leader change), so that they are asked for again."""
         if self.ended:
             return
         if self.credit.lost(time.monotonic() if now is None else now):
@@ -151,7 +152,7 @@ class OutstandingPull:
             (self.log.debug if self._silent else self.log.warning)(
                 "%s: no answer to pull requests for %.0f s; asking again", self.label, self.credit.expires)
             self._silent = True
-        self.poke()
+        self.poke(room)
 
     def end(self) -> None:
         if self.ended:

@@ -234,7 +234,6 @@ class Client:
         # waiting, or None for a keepalive
         self._pings: collections.deque[asyncio.Future[None] | None] = collections.deque()
         self._resp_prefix = ""
-        self._resp_sid = 0
         self._resp_tokens = itertools.count(1)
         self._requests: dict[str, asyncio.Future[Msg]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -263,9 +262,6 @@ class Client:
             await self.close()
             raise
         return self
-
-    async def wait_connected(self) -> None:
-        await self._connected.wait()
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -338,7 +334,7 @@ class Client:
         Raises TimeoutError, NoResponders (nobody listens), NotConnected."""
         if not self._resp_prefix:
             self._resp_prefix = new_inbox() + "."
-            self._resp_sid = self.subscribe(self._resp_prefix + "*", self._on_response)
+            self.subscribe(self._resp_prefix + "*", self._on_response)
         token = str(next(self._resp_tokens))
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._requests[token] = future
@@ -391,7 +387,8 @@ class Client:
         self._errors_unlogged = 0
 
     def _info(self, info: Info) -> None:
-        """An INFO after the handshake: the cluster's other servers to reconnect to."""
+        """A server's INFO, at the handshake or later: what it says, and the cluster's other
+        servers to reconnect to."""
         self.info.update(info)
         for url in info.get("connect_urls") or ():
             try:
@@ -423,7 +420,7 @@ class Client:
         except BaseException:
             conn.abort()
             raise
-        self.info = dict(info)
+        self.info = {}  # this server's, not the last one's
         self._info(info)
         return conn
 

@@ -46,7 +46,7 @@ def parse_msg_id(text: str) -> MsgId:
 
 # A delivery's ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
 # seq>.<timestamp>.<pending>`, or with a domain and an account hash before the stream (and
-# perhaps a token after): the stream sequence is the sixth field after `$JS.ACK` either way.
+# perhaps a token after): the stream sequence is the field after <delivered> in both forms.
 _ACK_V1 = re.compile(r"\$JS\.ACK\.[^.]+\.[^.]+\.\d+\.(\d+)\.\d+\.\d+\.\d+", re.ASCII)
 _ACK_V2 = re.compile(r"\$JS\.ACK\.[^.]+\.[^.]+\.[^.]+\.[^.]+\.\d+\.(\d+)\.\d+\.\d+\.\d+(?:\.[^.]+)*",
                      re.ASCII)
