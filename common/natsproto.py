@@ -212,6 +212,7 @@ class Parser:
         buf += data
         pos = 0
         end = len(buf)
+        view = memoryview(buf)  # payloads are copied once, out of the view (a slice of buf is a copy)
         try:
             while pos < end:
                 eol = buf.find(CRLF, pos, pos + MAX_CONTROL_LINE + 2)
@@ -256,7 +257,7 @@ class Parser:
                         raise ProtocolError("message payload not followed by CRLF")
                     events.append(Msg(args[1].decode("utf-8", "surrogateescape"), _number(args[2]),
                                       reply.decode("utf-8", "surrogateescape"),
-                                      bytes(buf[start:start + hdr_size]), bytes(buf[start + hdr_size:stop])))
+                                      bytes(view[start:start + hdr_size]), bytes(view[start + hdr_size:stop])))
                     pos = stop + 2
                     continue
                 line = bytes(buf[pos:eol])
@@ -282,5 +283,6 @@ class Parser:
                 else:
                     raise ProtocolError(f"unknown operation {line[:40]!r}")
         finally:
+            view.release()  # buf cannot be resized while exported
             if pos:
                 del buf[:pos]
