@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import fcntl
 import json
-import lzma
 import os
 import select
 import shutil
@@ -28,9 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from ci import debian
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "ci" / ".uml"
@@ -92,50 +92,18 @@ def find_uml(root: Path) -> UmlKernel | None:
 # built against a newer glibc than stable's, so the C library comes from the same suite and the
 # binary is pointed at it with patchelf. Only the UML kernel process uses that libc: the guest's
 # programs run from the host's own root (hostfs).
-DEBIAN_MIRROR = os.environ.get("TB_UML_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_MIRROR = os.environ.get("TB_UML_MIRROR", debian.MIRROR)
 DEBIAN_SUITE = os.environ.get("TB_UML_SUITE", "sid")
 UML_PACKAGES = ("user-mode-linux", "libc6")
 
 
-def _architecture() -> str:
-    machine = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-
-
-def _fetch(url: str, timeout: float = 300.0) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.read()
-    except OSError as exc:
-        raise CannotRun(f"cannot fetch {url}: {exc}") from None
-
-
-def package_files(index: str, names: tuple[str, ...]) -> dict[str, str]:
-    """Each named package's pool path (``Filename:``) in a Debian ``Packages`` index."""
-    found: dict[str, str] = {}
-    for stanza in index.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines()
-                      if ": " in line and not line.startswith(" "))
-        name = fields.get("Package")
-        if name in names and name not in found and "Filename" in fields:
-            found[name] = fields["Filename"]
-    missing = [name for name in names if name not in found]
-    if missing:
-        raise CannotRun(f"Debian {DEBIAN_SUITE} lists no {', '.join(missing)}")
-    return found
-
-
 def download_packages(directory: Path) -> dict[str, Path]:
-    arch = _architecture()
-    say(f"fetching the package index of Debian {DEBIAN_SUITE} ({arch})")
-    index_url = f"{DEBIAN_MIRROR}/dists/{DEBIAN_SUITE}/main/binary-{arch}/Packages.xz"
-    index = lzma.decompress(_fetch(index_url)).decode("utf-8", "replace")
-    debs: dict[str, Path] = {}
-    for name, pool_path in package_files(index, UML_PACKAGES).items():
-        target = directory / Path(pool_path).name
-        target.write_bytes(_fetch(f"{DEBIAN_MIRROR}/{pool_path}"))
-        debs[name] = target
-    return debs
+    """The kernel's and its C library's packages, checked against Debian's signature (ci/debian.py)."""
+    say(f"fetching {', '.join(UML_PACKAGES)} from Debian {DEBIAN_SUITE} ({debian.architecture()})")
+    try:
+        return debian.download(DEBIAN_SUITE, UML_PACKAGES, directory, mirror=DEBIAN_MIRROR)
+    except debian.FetchError as exc:
+        raise CannotRun(str(exc)) from None
 
 
 def _run(command: list[str], what: str) -> None:

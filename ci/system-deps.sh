@@ -22,3 +22,8 @@ command -v patchelf >/dev/null || install patchelf
 command -v tmux >/dev/null || install tmux
 # the JetStream tests start real nats-server processes (Debian's package, 2.9.x)
 command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || install nats-server
+# packages from other Debian suites (the UML kernel, Debian 13's nats-server) are checked against
+# Debian's signature (ci/debian.py: gpgv and the archive keyring); its test signs a mirror with gpg
+command -v gpgv >/dev/null || install gpgv
+command -v gpg >/dev/null || install gpg
+test -f /usr/share/keyrings/debian-archive-keyring.gpg || install debian-archive-keyring
