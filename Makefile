@@ -9,6 +9,9 @@ DURATION ?= 600
 PURE_ENGINE_TESTS := $(filter-out tests/integration/test_lb_machine.py, \
 	$(wildcard tests/integration/test_lb_*.py tests/integration/test_hostile_*.py)) \
 	tests/integration/test_faults.py tests/integration/test_autobahn.py
+# the tests that start real nats-server processes, run again against Debian 13's nats-server
+NATS_TESTS := tests/integration/test_natsclient.py tests/integration/test_jspub.py \
+	tests/integration/test_bridge_stream.py tests/integration/test_jetstream.py
 
 .PHONY: demo test unit integration ktls lint bench bench-check soak clean sanitize
 
@@ -30,6 +33,8 @@ test: $(STAMP)
 	LB_REQUIRE_NATIVE=1 $(BIN)/pytest -m 'not ktls' tests
 	# every integration test of lb's data path again on the pure-Python engine (the reference)
 	LB_ENGINE=python $(BIN)/pytest -q -m 'not ktls' $(PURE_ENGINE_TESTS)
+	# the NATS tests again against the nats-server of Debian's newest release (ci/nats_current.py)
+	NS="$$($(BIN)/python -m ci.nats_current)" && LB_NATS_SERVER="$$NS" $(BIN)/pytest -q $(NATS_TESTS)
 	PYTHON=$(BIN)/python bash ci/sanitize.sh
 	$(BIN)/python -m ci.ktls_runner -- tests -m ktls
 
