@@ -28,16 +28,29 @@ def _gpg(home: Path, *args: str, data: bytes | None = None) -> bytes:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(gpg home holding a secret key, keyring file with its public key)."""
-    home = tmp_path_factory.mktemp("gnupg")
+def _keyring(home: Path, who: str) -> Path:
+    """A new signing key in gpg home ``home``; the keyring file holding its public half."""
     home.chmod(0o700)
-    _gpg(home, "--passphrase", "", "--quick-gen-key", "test archive <archive@example.invalid>",
-         "ed25519", "sign", "never")
+    _gpg(home, "--passphrase", "", "--quick-gen-key", who, "ed25519", "sign", "never")
     keyring = home / "archive.gpg"
     keyring.write_bytes(_gpg(home, "--export"))
-    return home, keyring
+    return keyring
+
+
+def _stop_agent(home: Path) -> None:
+    """gpg starts an agent for the home's secret keys, which outlives the test unless told."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True,
+                   timeout=30)
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """(gpg home holding a secret key, keyring file with its public key)."""
+    home = tmp_path_factory.mktemp("gnupg")
+    try:
+        yield home, _keyring(home, "test archive <archive@example.invalid>")
+    finally:
+        _stop_agent(home)
 
 
 def _stanza(name: str, filename: str, data: bytes) -> str:
@@ -130,11 +143,11 @@ def test_a_release_signed_by_another_key_is_refused(mirror: tuple[str, Path], si
     home, _ = signer
     _publish(root, home)
     other = tmp_path / "gnupg2"
-    other.mkdir(mode=0o700)
-    _gpg(other, "--passphrase", "", "--quick-gen-key", "someone else <x@example.invalid>", "ed25519",
-         "sign", "never")
-    wrong = tmp_path / "wrong.gpg"
-    wrong.write_bytes(_gpg(other, "--export"))
+    other.mkdir()
+    try:
+        wrong = _keyring(other, "someone else <x@example.invalid>")
+    finally:
+        _stop_agent(other)
     with pytest.raises(debian.FetchError, match="signature not accepted"):
         debian.packages("test", ("tool",), arch=ARCH, mirror=url, keyring=str(wrong))
 
