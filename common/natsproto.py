@@ -257,7 +257,8 @@ class Parser:
                         raise ProtocolError("message payload not followed by CRLF")
                     events.append(Msg(args[1].decode("utf-8", "surrogateescape"), _number(args[2]),
                                       reply.decode("utf-8", "surrogateescape"),
-                                      bytes(view[start:start + hdr_size]), bytes(view[start + hdr_size:stop])))
+                                      bytes(view[start:start + hdr_size]),
+                                      bytes(view[start + hdr_size:stop])))
                     pos = stop + 2
                     continue
                 line = bytes(buf[pos:eol])
