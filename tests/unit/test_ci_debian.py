@@ -105,6 +105,17 @@ def test_release_sha256_reads_only_the_sha256_section() -> None:
                                            "main/b": ("cd" * 32, 7)}
 
 
+def test_parse_packages_reads_fields_not_continuation_lines() -> None:
+    index = ("Package: libc6\nVersion: 2.43-7\nDescription: GNU C Library\n second line: x\n"
+             + _stanza("libc6", "pool/main/g/glibc/libc6_2.43-7_amd64.deb", b"c").split("\n", 1)[1]
+             + "\n" + _stanza("user-mode-linux", "pool/main/u/uml_7.2um1_amd64.deb", b"u"))
+    found = debian.parse_packages(index, ("user-mode-linux", "libc6"))
+    assert found["libc6"].filename == "pool/main/g/glibc/libc6_2.43-7_amd64.deb"
+    assert found["user-mode-linux"].sha256 == hashlib.sha256(b"u").hexdigest()
+    assert set(debian.parse_packages(index.split("\n\n")[1], ("user-mode-linux", "libc6"))) == {
+        "user-mode-linux"}
+
+
 def test_parse_packages_takes_the_first_stanza_and_needs_its_hash() -> None:
     index = _stanza("tool", "pool/a.deb", b"1") + "\n" + _stanza("tool", "pool/b.deb", b"2")
     assert debian.parse_packages(index, ("tool",))["tool"].filename == "pool/a.deb"

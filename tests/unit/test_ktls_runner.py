@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ci import ktls_runner, uml_guest
+from ci import debian, ktls_runner, uml_guest
 from ci.ktls_runner import ConsoleRelay, UmlKernel
 
 
@@ -147,17 +147,15 @@ def test_the_first_alternative_modules_dep_lists_is_loaded(tmp_path: Path) -> No
                                            "kernel/lib/crypto/libgf128hash.ko"),))
 
 
-def test_package_paths_come_from_the_debian_index() -> None:
-    index = ("Package: libc6\nVersion: 2.43-7\nDescription: GNU C Library\n second line: x\n"
-             "Filename: pool/main/g/glibc/libc6_2.43-7_amd64.deb\n\n"
-             "Package: user-mode-linux\nVersion: 7.2um1\n"
-             "Filename: pool/main/u/user-mode-linux/user-mode-linux_7.2um1_amd64.deb\n")
-    assert ktls_runner.package_files(index, ("user-mode-linux", "libc6")) == {
-        "user-mode-linux": "pool/main/u/user-mode-linux/user-mode-linux_7.2um1_amd64.deb",
-        "libc6": "pool/main/g/glibc/libc6_2.43-7_amd64.deb",
-    }
-    with pytest.raises(ktls_runner.CannotRun, match="lists no libc6"):
-        ktls_runner.package_files(index.split("\n\n")[1], ("user-mode-linux", "libc6"))
+def test_a_package_fetch_that_fails_is_cannot_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The packages come through ci/debian.py (tested in test_ci_debian.py); any failure
+    there, a bad signature among them, makes the runner exit CANNOT_RUN, never run unchecked."""
+    def refuse(*args: object, **kwargs: object) -> dict[str, Path]:
+        raise debian.FetchError("InRelease signature not accepted: BAD signature")
+
+    monkeypatch.setattr(debian, "download", refuse)
+    with pytest.raises(ktls_runner.CannotRun, match="signature not accepted"):
+        ktls_runner.download_packages(tmp_path)
 
 
 def test_the_guest_init_refuses_to_run_outside_a_guest() -> None:
