@@ -14,7 +14,6 @@ starts.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import struct
@@ -26,10 +25,8 @@ from dataclasses import dataclass
 
 from balancer.router import Chunk
 from balancer.stats import WriteTimes
+from common.pipesize import set_pipe_size
 
-F_SETPIPE_SZ = 1031
-F_GETPIPE_SZ = 1032
-MIN_PIPE_SIZE = 64 * 1024
 PRUNE_EVERY = 64  # records added to a pipe between two looks at what its reader consumed
 
 
@@ -49,19 +46,6 @@ class Discarded:
 
     pipe: int
     bytes: int
-
-
-def set_pipe_size(fd: int, requested: int) -> int:
-    """Ask for ``requested`` bytes, halving until the kernel agrees; return the size obtained."""
-    size = requested
-    while size >= MIN_PIPE_SIZE:
-        try:
-            return fcntl.fcntl(fd, F_SETPIPE_SZ, size)
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EINVAL, errno.ENOMEM, errno.EBUSY):
-                raise
-            size //= 2
-    return fcntl.fcntl(fd, F_GETPIPE_SZ)
 
 
 def unread_bytes(fd: int) -> int:

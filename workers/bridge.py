@@ -53,6 +53,7 @@ from typing import Any
 from common import jsapi, natsconn
 from common.atomicfile import write_json_atomic
 from common.natsclient import NotConnected
+from common.pipesize import F_GETPIPE_SZ, set_pipe_size
 from common.units import duration, positive_duration, size
 from common.version import add_version_option
 from workers import jsproto, jspub
@@ -61,8 +62,6 @@ from workers.framing import MAX_MESSAGE
 log = logging.getLogger("lb-bridge")
 
 SPLICE_F_NONBLOCK = 2
-F_SETPIPE_SZ = 1031
-F_GETPIPE_SZ = 1032
 HEAD_BYTES = 128
 _SLOT = struct.Struct("<16sQQI128s")
 _SLOT_SIZE = 192
@@ -177,6 +176,10 @@ class Bridge:
         self.stopping = False
         self.state = StateFile(args.state or f".lb-bridge-{args.stream}.state", len(args.fds), self.epoch)
         self.parts = [self._partition(i, fd) for i, fd in enumerate(args.fds)]
+        smallest = min(part.scratch_size for part in self.parts)
+        if smallest < args.max_batch:  # the kernel granted less (pipe-max-size, per-user budget)
+            log.warning("look-ahead pipes of %d bytes: batches of at most that, not --max-batch %d",
+                        smallest, args.max_batch)
         self._sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self.nc: Any = None
         self.js: jsapi.JetStream | None = None
@@ -192,10 +195,13 @@ class Bridge:
     def _partition(self, index: int, fd: int) -> Partition:
         r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            want = max(fcntl.fcntl(fd, F_GETPIPE_SZ), 2 * self.args.max_batch)
-            size = fcntl.fcntl(w, F_SETPIPE_SZ, want)
+            # the largest the kernel grants up to the request: a refused F_SETPIPE_SZ (a request
+            # over pipe-max-size) used to leave the look-ahead at 64 KiB, and every batch with it
+            size = set_pipe_size(w, max(fcntl.fcntl(fd, F_GETPIPE_SZ), 2 * self.args.max_batch))
         except OSError:
-            size = fcntl.fcntl(w, F_GETPIPE_SZ)
+            os.close(r)
+            os.close(w)
+            raise
         msg_id = jsproto.make_msg_id(self.epoch, index, 0)[:-1]  # checks the epoch once
         prefix = b"NATS/1.0\r\n%s: %s" % (jsproto.MSG_ID.encode(), msg_id.encode())
         return Partition(index, fd, r, w, size, jsproto.subject(self.args.prefix, index), prefix)
@@ -311,7 +317,11 @@ class Bridge:
 
     def _take(self, part: Partition) -> None:
         """Cut the pipe's next batch and publish it."""
-        data = self._peek(part, part.scratch_size)
+        # a batch's worth is all a cut can take (the look-ahead of the whole pipe was copied out
+        # whole each round, 4 times a 256 KiB batch in a full 1 MiB pipe), unless the first
+        # message alone is longer: then all of it
+        want = min(part.scratch_size, self.args.max_batch)
+        data = self._peek(part, want)
         if not data:
             part.ready = False
             if data is None:  # empty: watch it
@@ -325,8 +335,12 @@ class Bridge:
             if needed > part.scratch_size:
                 raise RuntimeError(f"pipe {part.index}: a {needed}-byte message does not fit the "
                                    f"{part.scratch_size}-byte look-ahead pipe")
-            self._schedule_round(0.001)  # lb has written part of a message
-            return
+            if len(data) >= want and needed > len(data):  # longer than a batch: it goes alone
+                data = self._peek(part, needed) or b""
+                size, count = jsproto.cut_batch_counted(data, self.args.max_batch, self.args.max_message)
+            if size == 0:
+                self._schedule_round(0.001)  # lb has written part of a message
+                return
         part.ready = False
         part.full = size >= self.args.max_batch // 2
         payload = data if size == len(data) else data[:size]

@@ -1,9 +1,11 @@
-"""lb-bridge asking for its stream, alone on a pipe of ours: it waits (bounded log, stoppable)
+"""lb-bridge alone on a pipe of ours: asking for its stream, it waits (bounded log, stoppable)
 while the server cannot answer yet, as a cluster still forming cannot, and stops with a usage
-error on a refusal that asking again cannot change."""
+error on a refusal that asking again cannot change; its batches are as large as --max-batch
+asks, and a message longer than a batch goes alone."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -11,15 +13,24 @@ import time
 
 import pytest
 
+from common.pipesize import F_SETPIPE_SZ
 from harness.jetstream import BIN, NatsCluster, NatsServer
 from harness.wait import read_json, read_text, wait_for
 
 BRIDGE = os.path.join(BIN, "lb-bridge")
 
 
+def framed(payloads: list[bytes]) -> bytes:
+    return b"".join(len(p).to_bytes(4, "little") + p for p in payloads)
+
+
 class Bridge:
-    def __init__(self, tmp: str, url: str, *options: str) -> None:
+    def __init__(self, tmp: str, url: str, *options: str, prefill: bytes = b"", pipe_size: int = 0) -> None:
         self.read_end, self.write_end = os.pipe()
+        if pipe_size:
+            fcntl.fcntl(self.write_end, F_SETPIPE_SZ, pipe_size)
+        if prefill:
+            assert os.write(self.write_end, prefill) == len(prefill)  # fits: the pipe is empty
         self.stats_file = os.path.join(tmp, "bridge.json")
         self.stderr_path = os.path.join(tmp, "bridge.log")
         with open(self.stderr_path, "ab") as stderr:
@@ -33,7 +44,7 @@ class Bridge:
         return read_text(self.stderr_path)
 
     def write(self, payloads: list[bytes]) -> None:
-        os.write(self.write_end, b"".join(len(p).to_bytes(4, "little") + p for p in payloads))
+        os.write(self.write_end, framed(payloads))
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
@@ -98,6 +109,44 @@ def test_a_stream_the_server_refuses_is_a_usage_error(tmp_path):
         assert lines and lines[-1].startswith("lb-bridge: stream FEED: "), lines
         assert "(code " in lines[-1] and "no answer yet" not in bridge.log(), lines
         assert "Traceback" not in bridge.log() and len(lines) <= 3, lines
+    finally:
+        bridge.cleanup()
+        server.cleanup()
+
+
+def _published(bridge: Bridge, total: int) -> dict:
+    def done() -> dict | None:
+        stats = read_json(bridge.stats_file) or {}
+        return stats if stats.get("published_bytes") == total else None
+
+    return wait_for(done, 30, lambda: f"the bridge to publish {total} bytes ({bridge.log()[-2000:]})")
+
+
+def test_batches_are_as_large_as_max_batch_asks(tmp_path):
+    """--max-batch 900K on a full 1 MiB pipe, as lb's are: two messages. The look-ahead pipe is
+    asked for twice the batch, over pipe-max-size (1 MiB) unless privileged; a refusal used to
+    leave it at 64 KiB, and every batch with it (16 messages here, half the throughput)."""
+    server = NatsServer(str(tmp_path / "store")).start()
+    data = framed([b'{"sym":"A","q":%06d,' % i + b"x" * 979 + b"}" for i in range(1000)])  # 1004 B each
+    bridge = Bridge(str(tmp_path), server.url, "--max-batch", "900K", prefill=data, pipe_size=1 << 20)
+    try:
+        stats = _published(bridge, len(data))
+        assert stats["published_messages"] == 2, (stats, bridge.log())
+        assert "Traceback" not in bridge.log()
+    finally:
+        bridge.cleanup()
+        server.cleanup()
+
+
+def test_a_message_longer_than_a_batch_goes_alone(tmp_path):
+    server = NatsServer(str(tmp_path / "store")).start()
+    small = [b'{"sym":"A","q":%d}' % i for i in range(50)]
+    data = framed([*small[:10], b'{"sym":"B","x":"' + b"y" * 100_000 + b'"}', *small[10:]])
+    bridge = Bridge(str(tmp_path), server.url, "--max-batch", "4K", prefill=data, pipe_size=1 << 20)
+    try:
+        stats = _published(bridge, len(data))
+        assert stats["published_messages"] == 3, (stats, bridge.log())  # before, itself, after
+        assert "Traceback" not in bridge.log()
     finally:
         bridge.cleanup()
         server.cleanup()
