@@ -120,6 +120,16 @@ def packages(suite: str, names: tuple[str, ...], arch: str | None = None, mirror
     return found
 
 
+def unpack(deb: Path, target: Path) -> None:
+    """``dpkg-deb -x``: the package's files under ``target``, nothing installed."""
+    try:
+        done = subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FetchError("dpkg-deb is not installed (needed to unpack a package)") from None
+    if done.returncode != 0:
+        raise FetchError(f"dpkg-deb -x {deb.name} failed: {done.stderr.strip()[-300:]}")
+
+
 def download(suite: str, names: tuple[str, ...], directory: Path, mirror: str = MIRROR,
              keyring: str = KEYRING) -> dict[str, Path]:
     """Each named package's ``.deb`` in ``directory``, checked against the signed index."""

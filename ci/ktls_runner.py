@@ -117,8 +117,11 @@ def _run(command: list[str], what: str) -> None:
 def unpack_uml(debs: dict[str, Path], unpacked: Path, final: Path) -> None:
     """Extract the kernel and its C library into ``unpacked`` and make the kernel load that
     library from where it will be once ``unpacked`` is renamed to ``final``."""
-    for deb in debs.values():
-        _run(["dpkg-deb", "-x", str(deb), str(unpacked)], f"dpkg-deb -x {deb.name}")
+    try:
+        for deb in debs.values():
+            debian.unpack(deb, unpacked)
+    except debian.FetchError as exc:
+        raise CannotRun(str(exc)) from None
     libdirs = sorted({p.parent for p in unpacked.glob("usr/lib*/**/ld-linux*.so*")})
     if not libdirs:
         raise CannotRun("the libc6 package holds no dynamic loader")

@@ -44,8 +44,9 @@ def version_of(binary: Path) -> str:
     return version
 
 
-def fetch(suite: str = SUITE, cache: Path = CACHE) -> Path:
-    """The binary, fetched and unpacked into ``cache/suite`` unless it is there already."""
+def fetch(suite: str = SUITE, cache: Path = CACHE) -> tuple[Path, str]:
+    """The binary, fetched and unpacked into ``cache/suite`` unless it is there already, and its
+    version (it runs here, or this is an error now rather than 30 failed tests)."""
     cache.mkdir(parents=True, exist_ok=True)
     root = cache / suite
     with open(cache / ".lock", "w") as lock:
@@ -54,16 +55,12 @@ def fetch(suite: str = SUITE, cache: Path = CACHE) -> Path:
             with tempfile.TemporaryDirectory(dir=cache) as work:
                 debs = debian.download(suite, ("nats-server",), Path(work))
                 unpacked = Path(work) / "root"
-                done = subprocess.run(["dpkg-deb", "-x", str(debs["nats-server"]), str(unpacked)],
-                                      capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise debian.FetchError(f"dpkg-deb -x failed: {done.stderr.strip()[-300:]}")
+                debian.unpack(debs["nats-server"], unpacked)
                 if not binary_in(unpacked).exists():
                     raise debian.FetchError(f"Debian {suite}'s nats-server package has no "
                                             "usr/sbin/nats-server")
                 unpacked.rename(root)
-    version_of(binary_in(root))  # it runs here, or this is an error now rather than 30 failed tests
-    return binary_in(root)
+    return binary_in(root), version_of(binary_in(root))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="the Debian suite to take nats-server from (default %(default)s)")
     args = p.parse_args(argv)
     try:
-        binary = fetch(args.suite)
+        binary, version = fetch(args.suite)
     except debian.FetchError as exc:
         print(f"ci.nats_current: {exc}", file=sys.stderr)
         return 1
-    print(f"ci.nats_current: nats-server {version_of(binary)} from Debian {args.suite}", file=sys.stderr)
+    print(f"ci.nats_current: nats-server {version} from Debian {args.suite}", file=sys.stderr)
     print(binary)
     return 0
 
