@@ -23,6 +23,8 @@ CRLF = b"\r\n"
 MAX_CONTROL_LINE = 64 * 1024  # an INFO naming every route of a big cluster still fits
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024  # the server's own maximum; INFO usually says 1 MiB
 HEADER_VERSION = b"NATS/1.0"
+BIG = 16 * 1024  # a message this long that a read ends inside is gathered from the reads (Parser)
+_PIECE = 4096  # a gathered read shorter than this is copied, not kept by reference
 
 # what a subject, reply or queue token may not contain: it would end the control line
 _UNSAFE = re.compile(rb"[\s]")
@@ -180,37 +182,79 @@ class Parser:
 
     A protocol error raises `ProtocolError`; when events came before it in the same bytes,
     they are returned and the error is kept in ``error`` (and raised by the next feed): a
-    PONG followed by garbage is still a PONG."""
+    PONG followed by garbage is still a PONG.
 
-    __slots__ = ("_buf", "error", "max_payload")
+    Copies: a read is parsed where it lies when nothing is left over from the last one (only
+    a tail that is not yet a whole event is kept, in ``_buf``). A message of `BIG` bytes or
+    more that a read ends inside is not gathered in ``_buf``: the reads that carry it are kept
+    as they came and joined once it is whole, so its payload is copied once, however many
+    reads it spans (lb-remote's 256 KiB JetStream messages: three copies before, one now)."""
+
+    __slots__ = ("_big", "_buf", "error", "max_payload")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self._buf = bytearray()
+        # a big message being gathered: [subject, sid, reply, header size, total, parts, have]
+        self._big: list[Any] | None = None
         self.max_payload = max_payload
         self.error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        big = self._big
+        return len(self._buf) + (big[6] if big is not None else 0)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """The events completed by ``data`` (in order); the rest is kept for the next feed."""
         if self.error is not None:
             raise self.error
+        if type(data) is not bytes:
+            data = bytes(data)  # kept by reference below: a caller's buffer may change
         events: list[Event] = []
         try:
             self._parse(data, events)
         except ProtocolError as exc:
             self._buf.clear()
+            self._big = None
             self.error = exc
             if not events:
                 raise
         return events
 
-    def _parse(self, data: bytes | bytearray | memoryview, events: list[Event]) -> None:
-        buf = self._buf
-        buf += data
+    def _gather(self, data: bytes, events: list[Event]) -> int:
+        """Add the front of `data` to the big message; the bytes of `data` it took."""
+        big = self._big
+        assert big is not None
+        subject, sid, reply, hdr_size, total, parts, have = big
+        take = min(total + 2 - have, len(data))
+        if take >= _PIECE:
+            parts.append(memoryview(data)[:take])  # kept by reference
+        elif type(parts[-1]) is bytearray:  # small pieces, copied together: a server
+            parts[-1] += memoryview(data)[:take]  # trickling bytes costs no object a byte
+        else:
+            parts.append(bytearray(memoryview(data)[:take]))
+        have += take
+        if have < total + 2:
+            big[6] = have
+            return take
+        self._big = None
+        if _join(parts, total, total + 2) != CRLF:
+            raise ProtocolError("message payload not followed by CRLF")
+        events.append(Msg(subject, sid, reply, _join(parts, 0, hdr_size), _join(parts, hdr_size, total)))
+        return take
+
+    def _parse(self, data: bytes, events: list[Event]) -> None:
         pos = 0
+        if self._big is not None:
+            pos = self._gather(data, events)
+            if pos == len(data):
+                return
+        buf: bytes | bytearray
+        if self._buf:
+            self._buf += memoryview(data)[pos:]
+            buf, pos = self._buf, 0
+        else:
+            buf = data  # nothing left over: parsed where it lies
         end = len(buf)
         view = memoryview(buf)  # payloads are copied once, out of the view (a slice of buf is a copy)
         try:
@@ -251,8 +295,18 @@ class Parser:
                                             f"{self.max_payload}-byte bound")
                     start = eol + 2
                     stop = start + total
-                    if stop + 2 > end:
-                        break  # the payload is not all here yet
+                    if stop + 2 > end:  # the payload is not all here yet
+                        if total < BIG:
+                            break
+                        # gathered from the reads as they come (this one's tail, kept by
+                        # reference unless it is _buf, which is reused)
+                        tail: memoryview | bytearray = (memoryview(data)[start:end] if buf is data
+                                                        else bytearray(view[start:end]))
+                        self._big = [args[1].decode("utf-8", "surrogateescape"), _number(args[2]),
+                                     reply.decode("utf-8", "surrogateescape"), hdr_size, total,
+                                     [tail], end - start]
+                        pos = end
+                        break
                     if buf[stop:stop + 2] != CRLF:
                         raise ProtocolError("message payload not followed by CRLF")
                     events.append(Msg(args[1].decode("utf-8", "surrogateescape"), _number(args[2]),
@@ -285,5 +339,22 @@ class Parser:
                     raise ProtocolError(f"unknown operation {line[:40]!r}")
         finally:
             view.release()  # buf cannot be resized while exported
-            if pos:
+            if buf is data:
+                if pos < end:
+                    self._buf += memoryview(data)[pos:]
+            elif pos:
                 del buf[:pos]
+
+
+def _join(parts: list[memoryview | bytearray | bytes], lo: int, hi: int) -> bytes:
+    """Bytes `lo` to `hi` of the concatenation of `parts`, copied once."""
+    out = []
+    at = 0
+    for part in parts:
+        size = len(part)
+        if at + size > lo and at < hi:
+            out.append(part[max(lo - at, 0):min(hi - at, size)])
+        at += size
+        if at >= hi:
+            break
+    return bytes(out[0]) if len(out) == 1 else b"".join(out)

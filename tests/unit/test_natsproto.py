@@ -182,3 +182,84 @@ def test_events_before_an_error_are_kept_and_the_error_comes_next() -> None:
     with pytest.raises(ProtocolError):
         parser.feed(b"PING\r\n")
     assert parser.buffered == 0
+
+
+# Messages of natsproto.BIG bytes or more that a read ends inside are gathered from the reads
+# (kept by reference, joined once) instead of in the parser's buffer: the same events must come
+# out wherever the reads are cut, with the payload as bytes.
+_BIG_HDR = b"NATS/1.0\r\nNats-Msg-Id: e.3.100\r\nLb-Messages: 7\r\n\r\n"
+_BIG_DATA = bytes(range(256)) * ((natsproto.BIG + 300) // 256) + b"\r\n"  # CRLF inside too
+BIG_STREAM = (b"PING\r\n"
+              + b"HMSG trades.3 9 $JS.ACK.S.c.1.5.5.0.1 %d %d\r\n"
+              % (len(_BIG_HDR), len(_BIG_HDR) + len(_BIG_DATA))
+              + _BIG_HDR + _BIG_DATA + b"\r\n"
+              + b"MSG big.plain 4 %d\r\n" % len(_BIG_DATA) + _BIG_DATA + b"\r\n"
+              + b"MSG small 5 3\r\nabc\r\nPONG\r\n")
+
+
+def _cuts(count: int) -> list[list[int]]:
+    """Cut points through the big stream: inside every part of it, and many reads at once."""
+    marks = sorted({1, 5, 6, 7, 40, 60, 61, 62, 100, 5000, natsproto.BIG, len(BIG_STREAM) // 2,
+                    len(BIG_STREAM) - 12, len(BIG_STREAM) - 3, len(BIG_STREAM) - 1})
+    out = [[m] for m in marks]
+    out += [marks[i:i + count] for i in range(0, len(marks), count)]
+    out.append(list(range(1000, len(BIG_STREAM), 1000)))
+    return out
+
+
+@pytest.mark.parametrize("cuts", _cuts(3), ids=str)
+def test_big_messages_come_out_the_same_wherever_the_reads_end(cuts: list[int]) -> None:
+    whole = parse_all(BIG_STREAM)
+    names = [e if isinstance(e, str) else e[1] for e in whole]
+    assert names == ["Ping", "trades.3", "big.plain", "small", "Pong"]
+    parser = Parser()
+    events: list[object] = []
+    last = 0
+    for cut in [*cuts, len(BIG_STREAM)]:
+        events += parse_all(BIG_STREAM[last:cut], parser)
+        last = cut
+    assert events == whole
+    assert parser.buffered == 0
+
+
+def test_a_gathered_payload_is_bytes_and_the_callers_buffer_is_not_kept() -> None:
+    parser = Parser()
+    head = bytearray(BIG_STREAM[:3000])
+    assert parse_all(head, parser) == ["Ping"]
+    assert parser.buffered == 3000 - BIG_STREAM.index(_BIG_HDR)  # the header block on: gathered
+    head[:] = b"\xee" * len(head)  # the caller reuses its buffer
+    rest = memoryview(bytearray(BIG_STREAM[3000:]))
+    events = parser.feed(rest)
+    assert [type(e.data) for e in events if isinstance(e, Msg)] == [bytes, bytes, bytes]
+    assert events[0].data == _BIG_DATA and events[0].hdr == _BIG_HDR
+    assert events[0].headers["Nats-Msg-Id"] == "e.3.100"
+
+
+def test_a_gathered_message_not_followed_by_crlf_is_refused() -> None:
+    broken = BIG_STREAM.replace(_BIG_DATA + b"\r\nMSG big.plain", _BIG_DATA + b"XXMSG big.plain")
+    assert broken != BIG_STREAM
+    parser = Parser()
+    assert parse_all(broken[:200], parser) == ["Ping"]
+    with pytest.raises(ProtocolError, match="not followed by CRLF"):
+        parser.feed(broken[200:])
+    assert parser.buffered == 0
+
+
+def test_a_big_message_trickled_in_costs_its_size_not_an_object_a_read() -> None:
+    import tracemalloc
+
+    data = b"z" * 200_000
+    stream = b"MSG slow 1 %d\r\n" % len(data) + data + b"\r\n"
+    parser = Parser()
+    tracemalloc.start()
+    try:
+        events = []
+        for i in range(0, len(stream), 3):  # a hostile server: three bytes a packet
+            events += parser.feed(stream[i:i + 3])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [e.data == data for e in events] == [True]
+    # the gathered bytes while they grow, and the payload joined from them: a few times the
+    # message (a memoryview kept per read would be ~60 times it)
+    assert peak < 4 * len(data)
