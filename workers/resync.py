@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 from dataclasses import dataclass
 
+from common.pipesize import set_pipe_size
 from workers.framing import HEADER, find_chain_start, message_length
 from workers.progress import ProgressSlot, SlotState
 
-F_SETPIPE_SZ = 1031
 SPLICE_F_NONBLOCK = 2
 PEEK_BYTES = 1 << 20
 READ_STEP = 1 << 20
@@ -69,10 +68,7 @@ def peek(fd: int, limit: int = PEEK_BYTES) -> bytes | None:
     """Up to `limit` bytes waiting in pipe `fd`, left in place; b"" at EOF, None if empty."""
     scratch_read, scratch_write = os.pipe()
     try:
-        try:
-            fcntl.fcntl(scratch_write, F_SETPIPE_SZ, limit)
-        except OSError:
-            pass  # a smaller scratch pipe only peeks less
+        set_pipe_size(scratch_write, limit)  # as large as granted: a smaller one only peeks less
         copied = _libc.tee(fd, scratch_write, limit, SPLICE_F_NONBLOCK)
         if copied < 0:
             code = ctypes.get_errno()

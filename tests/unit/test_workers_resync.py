@@ -181,3 +181,31 @@ def test_peek_leaves_the_bytes_in_the_pipe() -> None:
     os.close(write_end)
     assert peek(read_end) == b""
     os.close(read_end)
+
+
+def test_a_refused_scratch_size_peeks_the_largest_granted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an unprivileged process over pipe-max-size is refused (EPERM); played here by refusing
+    # anything over 256 KiB: the peek then sees 256 KiB, not the default pipe's 64 KiB
+    import errno
+    import fcntl
+
+    from common import pipesize
+
+    real = fcntl.fcntl
+
+    def refusing(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == pipesize.F_SETPIPE_SZ and arg > 256 * 1024:
+            raise OSError(errno.EPERM, "refused")
+        return real(fd, cmd, arg)
+
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, pipesize.F_SETPIPE_SZ, 1 << 20)
+        data = (STREAM * 300)[:600_000]
+        os.set_blocking(write_end, False)
+        assert os.write(write_end, data) == len(data)
+        monkeypatch.setattr(pipesize.fcntl, "fcntl", refusing)
+        assert peek(read_end) == data[:256 * 1024]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
