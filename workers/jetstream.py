@@ -71,7 +71,7 @@ class JetStreamReader:
         self.max_message = max_message
         self.nc: Any = None
         self.js: jsapi.JetStream | None = None
-        self._unacked: list[Any] = []
+        self._unacked: dict[int, tuple[int, Any]] = {}  # partition: (seq, msg) of its last handed out
         self._arrival = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self.messages = 0
@@ -89,7 +89,7 @@ class JetStreamReader:
         self.js = js = jsapi.JetStream(self.nc)
         for part in self.parts:
             config: dict[str, Any] = {
-                "filter_subject": jsproto.subject(self.prefix, part.number), "ack_policy": "explicit",
+                "filter_subject": jsproto.subject(self.prefix, part.number), "ack_policy": "all",
                 "ack_wait": 300 * jsapi.NS, "deliver_policy": "all", "replay_policy": "instant",
             }
             if self.from_seq is not None:
@@ -136,10 +136,12 @@ class JetStreamReader:
                     part.pull.tick()
 
     async def ack(self) -> None:
-        """Acknowledge every batch handed out so far (disconnected: they come again later)."""
-        unacked, self._unacked = self._unacked, []
+        """Acknowledge every batch handed out so far (disconnected: they come again later): one
+        ack a partition, its last message's, which acknowledges all before it (ack policy
+        `all`; a partition is one consumer, delivering in stream order)."""
+        unacked, self._unacked = self._unacked, {}
         try:
-            for msg in unacked:
+            for _, msg in unacked.values():
                 self.nc.publish(msg.reply, b"+ACK")
         except ConnectionError as exc:
             log.debug("acks not sent: %s", exc)
@@ -169,8 +171,9 @@ class JetStreamReader:
     def _take(self, part: _Partition, msgs: list[Any]) -> list[bytes]:
         out: list[bytes] = []
         for msg in msgs:
-            self._unacked.append(msg)
             seq = jsproto.stream_sequence(msg.reply)
+            if seq > self._unacked.get(part.number, (0, None))[0]:
+                self._unacked[part.number] = (seq, msg)
             if seq <= part.last_seq:
                 continue
             part.last_seq = seq

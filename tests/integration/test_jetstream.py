@@ -387,3 +387,52 @@ def test_reader_hands_out_what_arrived_without_waiting_for_idle_partitions(nats_
         await nc.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_reader_acks_once_a_partition_and_a_durable_resumes_after_it(nats_server):
+    """workers.jetstream's consumers acknowledge all before a message (ack policy `all`): one ack
+    a partition per batch, and what it covers is not delivered again to the same durable."""
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    from common.natsconn import NatsOptions
+    from workers.framing import frame_all
+    from workers.jetstream import JetStreamReader
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="A", subjects=["trades.*"], storage=StorageType.FILE))
+        last = {}
+        for i in range(10):
+            ack = await js.publish(f"trades.{i % 3 and 1}", frame_all([b'{"q":%d}' % i]))
+            last[i % 3 and 1] = ack.seq
+        reader = JetStreamReader(NatsOptions([nats_server.url]), "A", [0, 1], durable="d", batch=16)
+        acks: list[str] = []
+        async with reader:
+            publish = reader.nc.publish
+
+            def counting(subject: str, payload: bytes = b"", *args: object, **kw: object) -> None:
+                if payload == b"+ACK":
+                    acks.append(subject)
+                publish(subject, payload, *args, **kw)
+
+            reader.nc.publish = counting
+            got = 0
+            reads = 0
+            deadline = time.monotonic() + 10
+            while got < 10 and time.monotonic() < deadline:
+                got += sum(len(p) for _, p in await reader.read_batch(timeout=1))
+                reads += 1
+            assert got == 10
+        assert 1 <= len(acks) <= 2 * reads and len(acks) < 10  # not one an acked message
+        for k in (0, 1):
+            info = await js.consumer_info("A", f"d-{k}")
+            assert info.ack_floor.stream_seq == last[k]
+            assert info.num_ack_pending == 0 and info.num_pending == 0
+        again = JetStreamReader(NatsOptions([nats_server.url]), "A", [0, 1], durable="d", batch=16)
+        async with again:
+            assert await again.read_batch(timeout=0.5) == []
+        await nc.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
