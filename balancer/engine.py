@@ -11,31 +11,14 @@ statuses, --max-message).
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from array import array
 from typing import Any
 
 from balancer.frames import FrameDecoder
 from balancer.router import SLOW_OVERHEAD, Chunk, Router
+from common import native
 
-
-def _load() -> Any:
-    path = os.environ.get("LB_SPEEDUPS")  # a separately built extension (the sanitizer build)
-    if path:
-        spec = importlib.util.spec_from_file_location("balancer._speedups", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    try:
-        from balancer import _speedups
-    except ImportError:  # no compiler at install time: the pure-Python engine runs
-        return None
-    return _speedups
-
-
-_speedups = _load()
+_speedups = native.load("balancer._speedups", "LB_SPEEDUPS")  # LB_SPEEDUPS: the sanitizer build's path
 
 ENGINES = ("auto", "native", "python")
 

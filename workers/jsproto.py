@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
+
+from common import native
 
 HEADER = 4
 MSG_ID = "Nats-Msg-Id"
@@ -105,8 +108,9 @@ def cut_batch(data: bytes | memoryview, max_batch: int, max_message: int) -> int
     return cut_batch_counted(data, max_batch, max_message)[0]
 
 
-def cut_batch_counted(data: bytes | memoryview, max_batch: int, max_message: int) -> tuple[int, int]:
-    """`cut_batch`, and how many messages the batch holds."""
+def cut_batch_counted_py(data: bytes | memoryview, max_batch: int, max_message: int) -> tuple[int, int]:
+    """`cut_batch`, and how many messages the batch holds. The reference: `cut_batch_counted` is
+    workers/_jscut.c's compiled copy of it when that is built (tests/unit/test_jscut.py)."""
     # The bridge's hot loop (once per trade): one bound, `limit`, stands for "inside the data"
     # and "inside the batch"; the one case that tells them apart (a first message bigger than
     # a batch, which goes alone) is decided when the loop stops.
@@ -128,6 +132,13 @@ def cut_batch_counted(data: bytes | memoryview, max_batch: int, max_message: int
         pos = stop
         count += 1
     return pos, count
+
+
+_jscut = native.load("workers._jscut", "LB_JSCUT")  # LB_JSCUT: the sanitizer build's path
+NATIVE_CUT = _jscut is not None
+cut_batch_counted: Callable[[bytes | bytearray | memoryview, int, int], tuple[int, int]] = (
+    _jscut.cut_batch_counted if _jscut is not None else cut_batch_counted_py
+)
 
 
 def needed_for_first(data: bytes | memoryview) -> int:
