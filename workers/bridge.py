@@ -602,7 +602,9 @@ class Bridge:
         await self.ensure_stream()
         self.acks = jspub.AckInbox(self.nc)
         self.acks.start()
-        log.info("publishing %d pipes to %s.<pipe> (epoch %s)", len(self.parts), self.args.prefix, self.epoch)
+        cut = "compiled" if jsproto.NATIVE_CUT else "Python, workers._jscut not built"
+        log.info("publishing %d pipes to %s.<pipe> (epoch %s; batch cut: %s)", len(self.parts),
+                 self.args.prefix, self.epoch, cut)
         for part in self.parts:
             self._arm(part)
 

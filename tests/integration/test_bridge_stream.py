@@ -133,6 +133,10 @@ def test_batches_are_as_large_as_max_batch_asks(tmp_path):
         stats = _published(bridge, len(data))
         assert stats["published_messages"] == 2, (stats, bridge.log())
         assert "Traceback" not in bridge.log()
+        # the bridge says which cut it runs: the compiled one wherever it is built (make test)
+        from workers import jsproto
+
+        assert ("batch cut: compiled" if jsproto.NATIVE_CUT else "batch cut: Python") in bridge.log()
     finally:
         bridge.cleanup()
         server.cleanup()
