@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import errno
 import fcntl
 import hashlib
 import logging
@@ -58,32 +56,16 @@ from common.units import duration, positive_duration, size
 from common.version import add_version_option
 from workers import jsproto, jspub
 from workers.framing import MAX_MESSAGE
+from workers.resync import peek_through
 
 log = logging.getLogger("lb-bridge")
 
-SPLICE_F_NONBLOCK = 2
 HEAD_BYTES = 128
 _SLOT = struct.Struct("<16sQQI128s")
 _SLOT_SIZE = 192
 LINGER = 0.002  # see --linger
 _COUNT = b"%s: %%d\r\n\r\n" % jsproto.COUNT.encode()
 WATCHDOG = 0.1  # how often publishes are checked against --ack-timeout
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
-_libc.tee.restype = ctypes.c_ssize_t
-
-
-def tee(fd_in: int, fd_out: int, length: int) -> int:
-    """Copy up to `length` bytes from the head of pipe `fd_in` to pipe `fd_out`, consuming nothing."""
-    n = _libc.tee(fd_in, fd_out, length, SPLICE_F_NONBLOCK)
-    if n < 0:
-        err = ctypes.get_errno()
-        if err == errno.EAGAIN:
-            return -1
-        raise OSError(err, os.strerror(err))
-    return n
-
 
 def lb_epoch() -> str:
     """Names this run of lb (our parent): host, pid and start time. A new lb starts new offsets."""
@@ -489,18 +471,7 @@ class Bridge:
     def _peek(self, part: Partition, want: int) -> bytes | None:
         """Up to `want` bytes from the head of the pipe, left in it; b"" at EOF (empty and no
         writer), None if it is empty."""
-        n = tee(part.fd, part.scratch_w, want)
-        if n < 0:
-            return None
-        if n == 0:
-            return b""
-        chunks = []
-        got = 0
-        while got < n:
-            chunk = os.read(part.scratch_r, n - got)
-            chunks.append(chunk)
-            got += len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return peek_through(part.fd, part.scratch_r, part.scratch_w, want)
 
     def _read_out(self, part: Partition, size: int) -> None:
         """Take `size` acknowledged bytes out of the pipe: spliced to /dev/null (no copy to

@@ -64,23 +64,30 @@ _libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint
 _libc.tee.restype = ctypes.c_ssize_t
 
 
+def peek_through(fd: int, scratch_read: int, scratch_write: int, limit: int) -> bytes | None:
+    """Up to `limit` bytes from the head of pipe `fd`, left in it: copied into the (empty)
+    scratch pipe with tee(2), then read out of that. b"" at EOF, None if `fd` is empty. Also
+    lb-bridge's look-ahead, over a scratch pipe of its own per partition."""
+    copied = _libc.tee(fd, scratch_write, limit, SPLICE_F_NONBLOCK)
+    if copied < 0:
+        code = ctypes.get_errno()
+        if code == errno.EAGAIN:
+            return None
+        raise OSError(code, f"tee: {os.strerror(code)}")
+    parts = []
+    while copied > 0:
+        part = os.read(scratch_read, copied)
+        parts.append(part)
+        copied -= len(part)
+    return b"".join(parts)  # one part: itself, not a copy
+
+
 def peek(fd: int, limit: int = PEEK_BYTES) -> bytes | None:
     """Up to `limit` bytes waiting in pipe `fd`, left in place; b"" at EOF, None if empty."""
     scratch_read, scratch_write = os.pipe()
     try:
         set_pipe_size(scratch_write, limit)  # as large as granted: a smaller one only peeks less
-        copied = _libc.tee(fd, scratch_write, limit, SPLICE_F_NONBLOCK)
-        if copied < 0:
-            code = ctypes.get_errno()
-            if code == errno.EAGAIN:
-                return None
-            raise OSError(code, f"tee: {os.strerror(code)}")
-        parts = []
-        while copied > 0:
-            part = os.read(scratch_read, copied)
-            parts.append(part)
-            copied -= len(part)
-        return b"".join(parts)
+        return peek_through(fd, scratch_read, scratch_write, limit)
     finally:
         os.close(scratch_read)
         os.close(scratch_write)
