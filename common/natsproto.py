@@ -177,6 +177,20 @@ def _number(token: bytes) -> int:
     return int(token)
 
 
+class _Gathering:
+    """A message of `BIG` bytes or more being gathered from the reads that carry it: ``parts``
+    hold its bytes from the header block on (with the CRLF after it), ``have`` of them."""
+
+    __slots__ = ("have", "hdr_size", "parts", "reply", "sid", "subject", "total")
+
+    def __init__(self, subject: str, sid: int, reply: str, hdr_size: int, total: int,
+                 parts: list[memoryview | bytearray]) -> None:
+        self.subject, self.sid, self.reply = subject, sid, reply
+        self.hdr_size, self.total = hdr_size, total
+        self.parts = parts
+        self.have = sum(len(part) for part in parts)
+
+
 class Parser:
     """Server bytes in, events out. ``max_payload`` bounds one message (header + data).
 
@@ -194,15 +208,14 @@ class Parser:
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self._buf = bytearray()
-        # a big message being gathered: [subject, sid, reply, header size, total, parts, have]
-        self._big: list[Any] | None = None
+        self._big: _Gathering | None = None  # a big message being gathered
         self.max_payload = max_payload
         self.error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         big = self._big
-        return len(self._buf) + (big[6] if big is not None else 0)
+        return len(self._buf) + (big.have if big is not None else 0)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """The events completed by ``data`` (in order); the rest is kept for the next feed."""
@@ -225,22 +238,22 @@ class Parser:
         """Add the front of `data` to the big message; the bytes of `data` it took."""
         big = self._big
         assert big is not None
-        subject, sid, reply, hdr_size, total, parts, have = big
-        take = min(total + 2 - have, len(data))
+        parts, total = big.parts, big.total
+        take = min(total + 2 - big.have, len(data))
         if take >= _PIECE:
             parts.append(memoryview(data)[:take])  # kept by reference
         elif type(parts[-1]) is bytearray:  # small pieces, copied together: a server
             parts[-1] += memoryview(data)[:take]  # trickling bytes costs no object a byte
         else:
             parts.append(bytearray(memoryview(data)[:take]))
-        have += take
-        if have < total + 2:
-            big[6] = have
+        big.have += take
+        if big.have < total + 2:
             return take
         self._big = None
         if _join(parts, total, total + 2) != CRLF:
             raise ProtocolError("message payload not followed by CRLF")
-        events.append(Msg(subject, sid, reply, _join(parts, 0, hdr_size), _join(parts, hdr_size, total)))
+        events.append(Msg(big.subject, big.sid, big.reply, _join(parts, 0, big.hdr_size),
+                          _join(parts, big.hdr_size, total)))
         return take
 
     def _parse(self, data: bytes, events: list[Event]) -> None:
@@ -302,9 +315,9 @@ class Parser:
                         # reference unless it is _buf, which is reused)
                         tail: memoryview | bytearray = (memoryview(data)[start:end] if buf is data
                                                         else bytearray(view[start:end]))
-                        self._big = [args[1].decode("utf-8", "surrogateescape"), _number(args[2]),
-                                     reply.decode("utf-8", "surrogateescape"), hdr_size, total,
-                                     [tail], end - start]
+                        self._big = _Gathering(args[1].decode("utf-8", "surrogateescape"), _number(args[2]),
+                                               reply.decode("utf-8", "surrogateescape"), hdr_size, total,
+                                               [tail])
                         pos = end
                         break
                     if buf[stop:stop + 2] != CRLF:
